@@ -1,0 +1,119 @@
+"""Reading weight files and loading them strictly, with one clear error on any mismatch.
+
+Formats read: safetensors files, directories of safetensors shards (with or without an
+`*.index.json`), and PyTorch pickles (`.pt`, `.pth`, `.bin`), always through
+`torch.load(weights_only=True)`. Our own outputs are written as safetensors, atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from longlive.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_SAFETENSORS = (".safetensors",)
+_PICKLES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Read every tensor of a weight file or shard directory onto the CPU.
+
+    `where` names the config key the path came from, for error messages.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{where}: {str(path)!r} does not exist; give the path of a weight file or directory")
+    if path.is_dir():
+        shards = sorted(path.glob("*.safetensors")) or sorted(
+            p for p in path.iterdir() if p.suffix in _PICKLES
+        )
+        if not shards:
+            raise ConfigError(f"{where}: directory {str(path)!r} holds no .safetensors or .pt/.pth/.bin files")
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(read_state_dict(shard, where=where))
+        return state
+    if path.suffix in _SAFETENSORS:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({e})") from e
+    if path.suffix in _PICKLES:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise ConfigError(
+                f"{where}: {str(path)!r} could not be read with torch.load(weights_only=True) ({e}); "
+                "only plain tensor state dicts are accepted"
+            ) from e
+        if not isinstance(obj, Mapping):
+            raise ConfigError(f"{where}: {str(path)!r} holds a {type(obj).__name__}, not a state dict")
+        return dict(obj)
+    raise ConfigError(
+        f"{where}: unknown weight file type {path.suffix!r} for {str(path)!r}; "
+        f"use one of {_SAFETENSORS + _PICKLES} or a directory of shards"
+    )
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
+    """Load `state` into `module`; any missing, unexpected or mis-shaped key is one ConfigError.
+
+    `what` names the weights in the message (e.g. "DiT from checkpoints/model_bf16.pt").
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or mis_shaped:
+        parts = []
+        if mis_shaped:
+            parts.append(f"{len(mis_shaped)} with the wrong shape ({_first(mis_shaped)})")
+        if missing:
+            parts.append(f"{len(missing)} missing ({_first(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_first(unexpected)})")
+        hint = (
+            "the checkpoint is for another preset; check model.preset"
+            if mis_shaped
+            else "the file is not in a format this loader knows; check model.checkpoint_format"
+        )
+        raise ConfigError(f"cannot load {what}: keys {'; '.join(parts)}; {hint}")
+    module.load_state_dict(state, strict=True, assign=_on_meta(module))
+
+
+def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors file so that a crash never leaves a half-written file at `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
+                  metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _on_meta(module: nn.Module) -> bool:
+    return any(p.is_meta for p in module.parameters())

@@ -1,0 +1,45 @@
+"""Shared fixtures: a fresh plugin manager, a CPU RunContext and the tiny `debug` DiT."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "tests" / "support"))  # ad-hoc test plugins
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def pm():
+    from longlive.registry.manager import new_plugin_manager
+
+    return new_plugin_manager()
+
+
+DEBUG_EXPERIMENT = {
+    "run": {"name": "test", "task": "generate", "device": "cpu"},
+    "model": {"preset": "debug", "codec": "wan2.2-vae-debug", "text_encoder": "random"},
+    "sampler": {"height": 64, "width": 64, "num_frames": 4, "frames_per_chunk": 2, "window_frames": 4, "steps": 2},
+    "generate": {"prompt": "a red circle moves left"},
+}
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A CPU RunContext of the debug experiment, writing into tmp_path."""
+    from longlive.config import experiment_from_table
+    from longlive.run import make_run
+
+    return make_run(experiment_from_table(DEBUG_EXPERIMENT), run_dir=tmp_path / "run")
+
+
+@pytest.fixture
+def tiny_model():
+    from longlive.model.dit import WanDiT
+    from longlive.model.presets import dit_preset
+
+    torch.manual_seed(0)
+    return WanDiT(dit_preset("debug")).eval()

@@ -1,0 +1,270 @@
+"""The experiment schema (frozen attrs classes), TOML loading, `--set` overrides and TOML output.
+
+An experiment is one TOML file. Each top-level table has one owner class below; every default
+lives in exactly one attrs field. `[plugins.<name>]` tables are validated by the plugin's own
+`Config` class when the plugin manager is built (longlive/registry/manager.py). Relative paths
+in the file are resolved against the folder that holds the file, so an experiment runs the same
+from any working directory.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from longlive.errors import ConfigError
+from longlive.structure import at_least, in_range, one_of, structure, unstructure
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DTYPES = ("auto", "bf16", "fp32")
+ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flex")
+CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """[run]: what to run and where its outputs go."""
+
+    name: str
+    task: str = "generate"  # generate | train | bench | a task a plugin registers
+    seed: int = attrs.field(default=0, validator=at_least(0))
+    plugins: tuple[str, ...] = ()
+    output_dir: str = "runs"  # the run writes to <output_dir>/<name>/<timestamp>/
+    device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
+    dtype: str = attrs.field(default="auto", validator=one_of(DTYPES))  # auto: bf16 on cuda, fp32 on cpu
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """[model]: the networks and their weights."""
+
+    preset: str = "wan2.2-ti2v-5b"  # a DiT preset name (`longlive plugins` lists them)
+    checkpoint: str | None = None  # DiT weights; random weights when absent
+    checkpoint_format: str = attrs.field(default="auto", validator=one_of(CHECKPOINT_FORMATS))
+    attention: str = attrs.field(default="auto", validator=one_of(ATTENTION_BACKENDS))
+    compile: bool = False  # torch.compile the transformer blocks (CUDA)
+    codec: str = "wan2.2-vae"  # the latent codec component
+    codec_checkpoint: str | None = None
+    text_encoder: str = "umt5-xxl"  # the text encoder component
+    text_encoder_path: str | None = None  # local directory or weight file of the text encoder
+
+
+@attrs.frozen(kw_only=True)
+class SamplerConfig:
+    """[sampler]: video geometry and the denoising schedule (frames are latent frames)."""
+
+    name: str = "unipc"  # a sampler component: unipc | fewstep | ...
+    steps: int = attrs.field(default=4, validator=in_range(1, 1000))
+    shift: float = attrs.field(default=5.0, validator=in_range(0.01, 100.0))
+    guidance: float = attrs.field(default=1.0, validator=in_range(0.0, 50.0))  # 1.0 = no CFG
+    negative_prompt: str = ""
+    height: int = attrs.field(default=704, validator=at_least(1))  # pixels
+    width: int = attrs.field(default=1280, validator=at_least(1))  # pixels
+    num_frames: int = attrs.field(default=128, validator=at_least(1))
+    frames_per_chunk: int = attrs.field(default=8, validator=at_least(1))
+    window_frames: int = attrs.field(default=32, validator=at_least(1))  # includes the chunk being denoised
+
+    def __attrs_post_init__(self) -> None:
+        fpc = self.frames_per_chunk
+        for key in ("num_frames", "window_frames"):
+            value = getattr(self, key)
+            if value % fpc:
+                raise ConfigError(f"sampler.{key}: {value} is not a multiple of sampler.frames_per_chunk = {fpc}; "
+                                  f"try {max(1, round(value / fpc)) * fpc}")
+
+
+@attrs.frozen(kw_only=True)
+class GenerateConfig:
+    """[generate]: prompts and outputs of a generation run."""
+
+    prompt: str | None = None  # one prompt for the whole video
+    prompt_script: str | None = None  # a prompt script file (docs/prompt_scripts.md)
+    image: str | None = None  # I2V: the first frame
+    save_latents: bool = False
+    fps: float = attrs.field(default=24.0, validator=in_range(1.0, 240.0))
+    batch: int = attrs.field(default=1, validator=in_range(1, 64))
+
+    def __attrs_post_init__(self) -> None:
+        if (self.prompt is None) == (self.prompt_script is None):
+            raise ConfigError("generate: give exactly one of prompt = \"...\" or prompt_script = \"file\"")
+
+
+@attrs.frozen(kw_only=True)
+class BenchConfig:
+    """[bench]: the steady-state speed benchmark (docs/benchmarks.md defines every metric)."""
+
+    warmup_chunks: int = attrs.field(default=5, validator=at_least(0))  # excluded; >= window chunks
+    measure_chunks: int = attrs.field(default=8, validator=at_least(1))
+    profile_chunks: int = attrs.field(default=1, validator=at_least(0))  # profiled for the time split
+    vae_chunks: int = attrs.field(default=4, validator=at_least(0))  # streaming-decode FPS
+    output: str | None = None  # also write the result JSON here (relative to the run dir)
+
+
+@attrs.frozen(kw_only=True)
+class Experiment:
+    """A whole experiment file. `plugins` holds the raw `[plugins.<name>]` tables."""
+
+    run: RunConfig
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    generate: GenerateConfig | None = None
+    bench: BenchConfig | None = None
+    train: Any = None  # structured by longlive.train (TrainConfig) when the task is train
+    plugins: dict[str, dict] = attrs.field(factory=dict)
+    source: Path | None = None  # the file it came from (not part of the schema)
+
+
+_SECTIONS = ("run", "model", "sampler", "generate", "bench", "train", "plugins")
+_PATH_KEYS = (("model", "checkpoint"), ("model", "codec_checkpoint"), ("model", "text_encoder_path"),
+              ("generate", "prompt_script"), ("generate", "image"))
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Read, override, validate and resolve an experiment file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    for item in overrides:
+        apply_override(table, item)
+    return experiment_from_table(table, source=path)
+
+
+def experiment_from_table(table: dict, *, source: Path | None = None) -> Experiment:
+    """Validate a parsed TOML table (after overrides) into an Experiment."""
+    from longlive.structure import nearest
+
+    for key in table:
+        if key not in _SECTIONS:
+            raise ConfigError(f"{key}: unknown table{nearest(key, _SECTIONS)}; "
+                              f"valid tables: {', '.join(_SECTIONS)}")
+    if "run" not in table:
+        raise ConfigError("run: missing table [run]; every experiment needs [run] with at least name = \"...\"")
+    base = source.parent if source is not None else Path.cwd()
+    table = _resolve_paths(table, base)
+    plugins = table.get("plugins", {})
+    if not isinstance(plugins, dict) or any(not isinstance(v, dict) for v in plugins.values()):
+        raise ConfigError("plugins: must hold only tables, written [plugins.<name>]")
+    sections = {k: v for k, v in table.items() if k not in ("plugins", "train")}
+    exp = structure(sections, _SchemaView, where="")
+    run = exp.run
+    for name in plugins:
+        if name not in run.plugins:
+            raise ConfigError(f"plugins.{name}: a table is given but run.plugins does not list \"{name}\"; "
+                              f"add it to run.plugins or remove the table")
+    if len(set(run.plugins)) != len(run.plugins):
+        raise ConfigError(f"run.plugins: lists a plugin twice: {list(run.plugins)}")
+    if run.task == "generate" and exp.generate is None:
+        raise ConfigError("generate: missing table [generate] (task = \"generate\" needs a prompt or prompt_script)")
+    if run.task == "bench" and exp.bench is None:
+        raise ConfigError("bench: missing table [bench] (task = \"bench\"); an empty [bench] takes the defaults")
+    if run.task == "train" and "train" not in table:
+        raise ConfigError("train: missing table [train] (task = \"train\")")
+    return Experiment(run=run, model=exp.model, sampler=exp.sampler, generate=exp.generate,
+                      bench=exp.bench, train=table.get("train"), plugins=dict(plugins), source=source)
+
+
+@attrs.frozen(kw_only=True)
+class _SchemaView:
+    """The core-owned tables, structured together (plugins and train are owned elsewhere)."""
+
+    run: RunConfig
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    generate: GenerateConfig | None = None
+    bench: BenchConfig | None = None
+
+
+def _resolve_paths(table: dict, base: Path) -> dict:
+    table = {k: (dict(v) if isinstance(v, dict) else v) for k, v in table.items()}
+    for section, key in _PATH_KEYS:
+        value = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
+        if isinstance(value, str):
+            resolved = (base / value).expanduser() if not Path(value).is_absolute() else Path(value)
+            if not resolved.exists():
+                raise ConfigError(f"{section}.{key}: file {value!r} does not exist "
+                                  f"(looked for {resolved}); fix the path, relative to the experiment file")
+            table[section][key] = str(resolved)
+    return table
+
+
+def apply_override(table: dict, item: str) -> None:
+    """Apply one `section.key=value` override (value in TOML syntax; bare words are strings)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not sep or not key or any(not p for p in parts) or len(parts) < 2:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set sampler.num_frames=256")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        bare = raw.strip()
+        if not bare or any(c in bare for c in "[]{}\"'=,"):
+            raise ConfigError(f"--set {item!r}: {raw.strip()!r} is not a TOML value; "
+                              f"quote strings (--set {key}='\"text\"') and write lists as [1, 2]") from None
+        value = bare
+    node = table
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---- writing the resolved experiment -------------------------------------------------------
+
+
+def experiment_to_table(exp: Experiment, plugin_configs: dict[str, Any], train: Any = None) -> dict:
+    """Every default filled in: the record of what ran."""
+    table = {"run": unstructure(exp.run), "model": unstructure(exp.model), "sampler": unstructure(exp.sampler)}
+    for name in ("generate", "bench"):
+        if getattr(exp, name) is not None:
+            table[name] = unstructure(getattr(exp, name))
+    if train is not None:
+        table["train"] = unstructure(train)
+    if plugin_configs:
+        table["plugins"] = {k: unstructure(v) for k, v in plugin_configs.items()}
+    return table
+
+
+def dumps_toml(table: dict) -> str:
+    """A small TOML writer for the types our schema uses (tables, scalars, flat lists)."""
+    lines: list[str] = []
+    _dump_table(table, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(table: dict, path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(path)}]")
+    for key, value in scalars.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _dump_table(value, path + [key], lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

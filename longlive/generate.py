@@ -1,0 +1,132 @@
+"""The `generate` task: build the parts named by the experiment, run the chunk loop, write outputs.
+
+Inputs are checked before any weights load (prompt script, image size, frame counts, preset).
+Outputs, in the run directory: `video.mp4` (`video_<i>.mp4` for batch > 1), optionally
+`latents.safetensors`, TensorBoard scalars and a frame-strip preview.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from longlive.cache import CacheSpec, KVCache
+from longlive.geometry import Geometry
+from longlive.monitor import progress
+from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
+from longlive.prompts import chunk_prompts, load_prompt_script, single_prompt
+
+log = logging.getLogger(__name__)
+
+
+def geometry_for(run: Any, codec: Any, preset: Any) -> Geometry:
+    s = run.experiment.sampler
+    return Geometry(height=s.height, width=s.width, temporal_stride=codec.temporal_stride,
+                    spatial_stride=codec.spatial_stride, patch_h=preset.patch[1], patch_w=preset.patch[2],
+                    frames_per_chunk=s.frames_per_chunk)
+
+
+def build_model(run: Any, role: str = "generator") -> torch.nn.Module:
+    """The DiT named by model.preset, with weights, adapters and quantization applied (in that order)."""
+    from longlive.model.convert import load_dit_weights
+    from longlive.model.dit import WanDiT
+    from longlive.tasks import _seeded_init, dit_preset
+
+    preset = dit_preset(run)
+    cfg = run.experiment.model
+    with torch.device("meta"):
+        model = WanDiT(preset, attention=cfg.attention)
+    model = model.to_empty(device="cpu")
+    if cfg.checkpoint is not None:
+        load_dit_weights(model, cfg.checkpoint, format=cfg.checkpoint_format)
+    else:
+        log.warning("model.checkpoint is not set: the DiT has random weights")
+        _seeded_init(model, run.experiment.run.seed)
+    model = model.to(device=run.device, dtype=run.dtype).eval().requires_grad_(False)
+    run.hook.longlive_load_adapters(model=model, role=role, run=run)  # inference: merge LoRA first,
+    run.hook.longlive_quantize_model(model=model, role=role, run=run)  # then quantize
+    if cfg.compile:
+        model.compile_blocks()
+    log.info("DiT %s: %.3f B parameters, %s on %s, attention %s", preset.name,
+             sum(p.numel() for p in model.parameters()) / 1e9, run.dtype, run.device, model.attention_backend)
+    return model
+
+
+def build_cache(run: Any, preset: Any, geometry: Geometry, batch: int) -> KVCache:
+    s = run.experiment.sampler
+    cfg_batch = batch * (2 if s.guidance != 1.0 else 1)  # the CFG cache exists only when guidance is on
+    spec = CacheSpec.for_model(preset, geometry, window_frames=s.window_frames, batch=cfg_batch,
+                               dtype=run.dtype, device=run.device)
+    storage = run.hook.longlive_make_kv_storage(spec=spec, run=run)
+    policy = run.hook.longlive_make_kv_policy(spec=spec, run=run)
+    cache = KVCache(spec, storage, policy)
+    log.info("KV cache: %d slots x %d tokens x %d layers, %.2f GiB (%s, %s)", spec.num_slots, spec.chunk_tokens,
+             spec.num_layers, cache.nbytes / 2**30, type(storage).__name__, type(policy).__name__)
+    return cache
+
+
+def generate_video(run: Any) -> dict:
+    exp = run.experiment
+    s, g = exp.sampler, exp.generate
+    preset = run.components.get("dit_preset", exp.model.preset, where="model.preset").value
+    codec_spec = run.components.get("codec", exp.model.codec, where="model.codec").value
+    geometry = geometry_for(run, codec_spec, preset)
+    geometry.chunks(s.num_frames)
+    script = load_prompt_script(g.prompt_script) if g.prompt_script else single_prompt(g.prompt, s.num_frames)
+    schedule = chunk_prompts(script, num_frames=s.num_frames, frames_per_chunk=s.frames_per_chunk,
+                             where="generate.prompt_script" if g.prompt_script else "generate.prompt")
+    image = _read_image(g.image, s) if g.image else None
+    text = run.components.get("text_encoder", exp.model.text_encoder, where="model.text_encoder").value(run)
+    sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
+    codec = codec_spec.build(run)
+    model = build_model(run)
+    image_latent = None
+    if image is not None:  # I2V: the image becomes latent frame 0 (a 1-frame encode)
+        image_latent = codec.encode(image[None, :, None].expand(g.batch, -1, -1, -1, -1).to(run.device, run.dtype))
+    state = GenerationState(model=model, cache=build_cache(run, preset, geometry, g.batch), sampler=sampler,
+                            encode_text=text.encode, batch=g.batch, guidance=s.guidance,
+                            negative_prompt=s.negative_prompt, image_latent=image_latent)
+    decoder = run.hook.longlive_make_decoder(codec=codec, run=run)
+    loop = ChunkLoop(state, run.hook, run)
+    shape = geometry.latent_shape(s.frames_per_chunk, codec_spec.latent_channels, g.batch)
+    latents, started = [], time.perf_counter()
+    with torch.inference_mode():
+        for chunk in progress(schedule, desc="chunks", unit="chunk"):
+            x0 = loop.step(chunk, chunk_noise(shape, chunk.index, exp.run.seed, run.device, run.dtype))
+            decoder.push(chunk.index, x0)
+            latents.append(x0)
+        video = decoder.finish()  # [B, 3, T, H, W] in [-1, 1]
+    elapsed = time.perf_counter() - started
+    return _write_outputs(run, video, torch.cat(latents, dim=2), schedule, elapsed, geometry)
+
+
+def _read_image(path: str, s: Any) -> torch.Tensor:
+    from longlive.media import read_image
+
+    return read_image(path, height=s.height, width=s.width)
+
+
+def _write_outputs(run: Any, video: torch.Tensor, latents: torch.Tensor, schedule: list, elapsed: float,
+                   geometry: Geometry) -> dict:
+    from longlive.media import to_uint8_frames, write_mp4
+    from longlive.model.checkpoint import save_safetensors_atomic
+
+    g = run.experiment.generate
+    frames = video.shape[2]
+    files = []
+    for i in range(video.shape[0]):
+        name = "video.mp4" if video.shape[0] == 1 else f"video_{i}.mp4"
+        if run.run_dir is not None:
+            files.append(str(write_mp4(run.run_dir / name, to_uint8_frames(video[i]), g.fps)))
+    if g.save_latents and run.run_dir is not None:
+        save_safetensors_atomic({"latents": latents}, run.run_dir / "latents.safetensors",
+                                metadata={"layout": "[B, C, F, H, W]"})
+    fps = frames / elapsed
+    run.log(0, {"generate/fps_end_to_end": fps, "generate/seconds": elapsed})
+    run.monitor.video_preview("generate/preview", video[0])
+    run.monitor.text("generate/prompts", "\n".join(f"chunk {c.index}: {c.prompt}" for c in schedule))
+    return {"frames": frames, "latent_frames": latents.shape[2], "seconds": elapsed, "fps": fps, "files": files,
+            "video": video, "schedule": schedule,
+            "summary": f"generated {frames} frames ({frames / g.fps:.1f} s of video) in {elapsed:.1f} s"}

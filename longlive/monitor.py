@@ -1,0 +1,59 @@
+"""Progress bars and TensorBoard output of a run (scalars, images, video previews)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
+    """A tqdm progress bar that stays quiet when stderr is not a terminal (CI, log files)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, dynamic_ncols=True, leave=False)
+
+
+class Monitor:
+    """TensorBoard writer of one run; a no-op when the run has no directory (tests, validate)."""
+
+    def __init__(self, log_dir: Path | None) -> None:
+        self.log_dir = log_dir
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None and self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
+
+    def scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, float(value), step)
+
+    def video_preview(self, tag: str, video: torch.Tensor, step: int = 0, max_frames: int = 8) -> None:
+        """Log evenly spaced frames of `video` ([3, T, H, W] in [-1, 1]) as one image strip."""
+        if self.writer is None or video.numel() == 0:
+            return
+        frames = video.shape[1]
+        index = torch.linspace(0, frames - 1, min(max_frames, frames)).round().long()
+        strip = video[:, index].float().clamp(-1, 1).add(1).div(2)  # [3, n, H, W] in [0, 1]
+        strip = strip.permute(0, 2, 1, 3).reshape(3, strip.shape[2], -1)  # [3, H, n*W]
+        self.writer.add_image(tag, strip, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

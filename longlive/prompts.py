@@ -1,0 +1,108 @@
+"""Prompt scripts: shots with durations and prompt switches, turned into per-chunk prompts.
+
+A prompt script is a TOML file (format in docs/prompt_scripts.md):
+
+    [[shot]]
+    prompt = "a red circle moves left on a dark blue background"
+    frames = 16                     # latent frames; a multiple of sampler.frames_per_chunk
+
+    [[shot]]
+    prompt = "a green square moves up on a white background"
+    frames = 16
+    switches = [{ at_frame = 8, prompt = "a green square moves down on a white background" }]
+
+Shot starts and prompt switches are structured events (ChunkPrompt.shot_start / .switch), never
+strings parsed out of prompts.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import attrs
+
+from longlive.errors import ConfigError
+from longlive.structure import at_least, structure
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@attrs.frozen(kw_only=True)
+class Switch:
+    """A prompt change inside a shot, `at_frame` latent frames after the shot starts."""
+
+    at_frame: int = attrs.field(validator=at_least(1))
+    prompt: str
+
+
+@attrs.frozen(kw_only=True)
+class Shot:
+    prompt: str
+    frames: int = attrs.field(validator=at_least(1))  # latent frames
+    switches: tuple[Switch, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PromptScript:
+    shot: tuple[Shot, ...]
+
+    @property
+    def total_frames(self) -> int:
+        return sum(s.frames for s in self.shot)
+
+
+@attrs.frozen
+class ChunkPrompt:
+    """What chunk `index` is conditioned on, and which events start with it."""
+
+    index: int
+    prompt: str
+    shot_index: int
+    shot_start: bool  # the first chunk of a shot (chunk 0 included)
+    switch: bool  # the prompt changed inside the shot at this chunk
+
+
+def load_prompt_script(path: str | Path) -> PromptScript:
+    path = Path(path)
+    where = f"prompt script {path.name}"
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"generate.prompt_script: {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    if not table.get("shot"):
+        raise ConfigError(f"{where}: no shots; write at least one [[shot]] with prompt and frames")
+    return structure(table, PromptScript, where=where)
+
+
+def single_prompt(prompt: str, frames: int) -> PromptScript:
+    return PromptScript(shot=(Shot(prompt=prompt, frames=frames),))
+
+
+def chunk_prompts(script: PromptScript, *, num_frames: int, frames_per_chunk: int,
+                  where: str = "prompt script") -> list[ChunkPrompt]:
+    """One ChunkPrompt per chunk; durations must align with chunks and cover num_frames exactly."""
+    if script.total_frames != num_frames:
+        raise ConfigError(f"{where}: shots cover {script.total_frames} latent frames but sampler.num_frames = "
+                          f"{num_frames}; make them equal")
+    out: list[ChunkPrompt] = []
+    for shot_index, shot in enumerate(script.shot):
+        if shot.frames % frames_per_chunk:
+            raise ConfigError(f"{where}: shot {shot_index} has frames = {shot.frames}, not a multiple of "
+                              f"sampler.frames_per_chunk = {frames_per_chunk}")
+        switches = {}
+        for sw in shot.switches:
+            if sw.at_frame % frames_per_chunk or sw.at_frame >= shot.frames:
+                raise ConfigError(f"{where}: shot {shot_index} switch at_frame = {sw.at_frame} must be a multiple of "
+                                  f"{frames_per_chunk} inside the shot (< {shot.frames})")
+            switches[sw.at_frame // frames_per_chunk] = sw.prompt
+        prompt = shot.prompt
+        for local in range(shot.frames // frames_per_chunk):
+            switched = local in switches
+            prompt = switches.get(local, prompt)
+            out.append(ChunkPrompt(len(out), prompt, shot_index, shot_start=local == 0, switch=switched))
+    return out

@@ -1,0 +1,134 @@
+"""The core's component factories and task entry points (heavy modules are imported lazily)."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from longlive.errors import ConfigError
+
+if TYPE_CHECKING:
+    from longlive.config import SamplerConfig
+    from longlive.run import RunContext
+
+log = logging.getLogger(__name__)
+
+
+# ---- codecs ------------------------------------------------------------------------------
+
+
+def build_wan_vae(run: RunContext):
+    from longlive.model.vae import VAE_PRESETS, WanVAE
+    from longlive.model.vae_convert import load_vae_weights
+
+    return _place_vae(run, WanVAE(VAE_PRESETS["wan2.2-vae"]), load_vae_weights)
+
+
+def build_debug_vae(run: RunContext):
+    from longlive.model.vae import VAE_PRESETS, WanVAE
+    from longlive.model.vae_convert import load_vae_weights
+
+    return _place_vae(run, WanVAE(VAE_PRESETS["debug"]), load_vae_weights)
+
+
+def _place_vae(run: RunContext, vae, load_weights):
+    path = run.experiment.model.codec_checkpoint
+    if path is not None:
+        load_weights(vae, path)
+    else:
+        log.warning("model.codec_checkpoint is not set: the VAE has random weights (fine for speed tests only)")
+        _seeded_init(vae, run.experiment.run.seed)
+    return vae.to(device=run.device, dtype=run.dtype).eval().requires_grad_(False)
+
+
+# ---- text encoders -----------------------------------------------------------------------
+
+
+def build_umt5(run: RunContext):
+    from longlive.model.text import UMT5TextEncoder
+
+    path = run.experiment.model.text_encoder_path
+    if path is None:
+        raise ConfigError("model.text_encoder_path: the umt5-xxl text encoder needs a local directory "
+                          "(HF UMT5 layout with tokenizer files); set it, or use text_encoder = \"random\" for speed tests")
+    preset = dit_preset(run)
+    return UMT5TextEncoder.from_path(path, text_len=preset.text_len, device=run.device, dtype=run.dtype)
+
+
+class RandomTextEncoder:
+    """Deterministic pseudo-random prompt embeddings, for benchmarks and tests (no semantics)."""
+
+    def __init__(self, dim: int, text_len: int, tokens: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.dim, self.text_len, self.tokens = dim, text_len, min(tokens, text_len)
+        self.device, self.dtype = device, dtype
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        import zlib
+
+        out = torch.zeros(len(prompts), self.text_len, self.dim, dtype=self.dtype, device=self.device)
+        for i, prompt in enumerate(prompts):
+            g = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+            out[i, : self.tokens] = torch.randn(self.tokens, self.dim, generator=g).to(out)
+        return out  # [B, text_len, dim], positions after `tokens` zero like padding
+
+
+def build_random_text(run: RunContext):
+    preset = dit_preset(run)
+    return RandomTextEncoder(preset.text_dim, preset.text_len, tokens=min(preset.text_len, 128),
+                             device=run.device, dtype=run.dtype)
+
+
+# ---- samplers ----------------------------------------------------------------------------
+
+
+def build_unipc(config: SamplerConfig):
+    from longlive.sampling import UniPCSampler
+
+    return UniPCSampler(steps=config.steps, shift=config.shift)
+
+
+def build_fewstep(config: SamplerConfig):
+    from longlive.sampling import FewStepSampler
+
+    return FewStepSampler.with_steps(config.steps, shift=config.shift)
+
+
+# ---- helpers shared by tasks -------------------------------------------------------------
+
+
+def dit_preset(run: RunContext):
+    return run.components.get("dit_preset", run.experiment.model.preset, where="model.preset").value
+
+
+def _seeded_init(module: torch.nn.Module, seed: int) -> None:
+    """Random weights from the run seed (speed tests): N(0, 0.02) for weights, zero biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim <= 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02 + (1.0 if name.endswith("gamma") else 0.0))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+
+
+# ---- tasks -------------------------------------------------------------------------------
+
+
+def generate(run: RunContext) -> dict:
+    from longlive.pipeline import run_generation
+
+    return run_generation(run)
+
+
+def bench(run: RunContext) -> dict:
+    from longlive.bench import run_benchmark
+
+    return run_benchmark(run)
+
+
+def train(run: RunContext) -> dict:
+    from longlive.train.trainer import run_training
+
+    return run_training(run)

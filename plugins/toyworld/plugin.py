@@ -1,0 +1,133 @@
+"""The toyworld plugin: registers the shapes world's codec, text encoder, DiT preset, dataset,
+ToyBench metric and the `toy_data` task, and scores generated toy videos with ToyBench."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import attrs
+
+from longlive.registry import hookimpl
+from longlive.structure import at_least, in_range
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class ToyWorldConfig:
+    """The [plugins.toyworld] table."""
+
+    size: int = attrs.field(default=64, validator=in_range(16, 512))  # square frames, pixels
+    fps: float = attrs.field(default=8.0, validator=in_range(1.0, 60.0))
+    spatial_factor: int = attrs.field(default=4, validator=in_range(1, 8))  # codec: 3*s*s*tau = 48
+    temporal_factor: int = attrs.field(default=1, validator=in_range(1, 4))
+    score: bool = True  # score generated videos with ToyBench (task generate)
+    segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
+    # The `toy_data` task: webdataset shards of rendered multi-shot clips.
+    data_dir: str = "data/toy"  # relative to the working directory
+    train_clips: int = attrs.field(default=2000, validator=at_least(1))
+    heldout_clips: int = attrs.field(default=64, validator=at_least(0))
+    clip_frames: int = attrs.field(default=64, validator=at_least(2))  # pixel frames per clip
+    max_shots: int = attrs.field(default=3, validator=in_range(1, 8))
+    clips_per_shard: int = attrs.field(default=250, validator=at_least(1))
+
+    def __attrs_post_init__(self) -> None:
+        from longlive.errors import ConfigError
+
+        channels = 3 * self.spatial_factor ** 2 * self.temporal_factor
+        if channels != 48:
+            raise ConfigError(f"plugins.toyworld: 3 x spatial_factor^2 x temporal_factor = {channels}, "
+                              f"but the latent layout has 48 channels; use (4, 1) or (2, 4)")
+        if (self.clip_frames - 1) % self.temporal_factor and self.temporal_factor > 1:
+            raise ConfigError(f"plugins.toyworld.clip_frames: {self.clip_frames} frames do not fit the causal codec "
+                              f"layout 1 + {self.temporal_factor}*k; try {1 + self.temporal_factor * 16}")
+        if self.size % (self.spatial_factor * 2):
+            raise ConfigError(f"plugins.toyworld.size: {self.size} must be a multiple of "
+                              f"{self.spatial_factor * 2} (codec stride x DiT patch)")
+
+
+# The toy DiT: same architecture family as Wan2.2-TI2V-5B, sized for a CPU.
+TOY_PRESET = dict(name="toy", dim=256, ffn_dim=1024, num_layers=6, num_heads=4, in_channels=48,
+                  out_channels=48, text_dim=64, text_len=16, freq_dim=256)
+
+
+class ToyWorld:
+    """Shapes world: procedural data, patch codec, word text encoder, toy DiT preset, ToyBench."""
+
+    Config = ToyWorldConfig
+
+    def __init__(self, config: ToyWorldConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def longlive_register_components(self, registry) -> None:
+        from longlive.components import CodecSpec
+        from longlive.model.presets import DiTConfig
+
+        c = self.config
+        registry.add("dit_preset", "toy", DiTConfig(**TOY_PRESET), summary="toy-world DiT (6 layers, dim 256)")
+        registry.add("codec", "toy-patch", CodecSpec(build=self._build_codec, temporal_stride=c.temporal_factor,
+                                                     spatial_stride=c.spatial_factor, latent_channels=48),
+                     summary="lossless pixel-unshuffle codec, 48 channels")
+        registry.add("text_encoder", "toy-words", self._build_text, summary="fixed word vectors, no download")
+        registry.add("metric", "toybench", self.score, summary="ToyBench: colour, shape, motion, persistence")
+        registry.add("task", "toy_data", self._make_data, summary="write toy-world webdataset shards")
+        registry.add("dataset", "toy-shards", _toy_dataset, summary="toy-world shards (video + per-chunk captions)")
+
+    def _build_codec(self, run) -> Any:
+        from longlive_plugins.toyworld.codec import PatchCodec
+
+        return PatchCodec(self.config.spatial_factor, self.config.temporal_factor)
+
+    def _build_text(self, run) -> Any:
+        from longlive_plugins.toyworld.text import ToyTextEncoder
+
+        preset = run.components.get("dit_preset", run.experiment.model.preset, where="model.preset").value
+        return ToyTextEncoder(dim=preset.text_dim, text_len=preset.text_len).to(run.device)
+
+    def score(self, video, schedule, fps: float) -> dict:
+        """ToyBench of `video` [3, T, H, W] in [-1, 1] against [(start_frame, caption)]."""
+        from longlive_plugins.toyworld.toybench import score_video
+
+        result = score_video(video, fps=fps, schedule=schedule, segment_s=self.config.segment_s)
+        return result.to_dict()
+
+    def _make_data(self, run) -> dict:
+        from longlive_plugins.toyworld.shards import write_shards
+
+        c = self.config
+        out = {}
+        for split, clips in (("train", c.train_clips), ("heldout", c.heldout_clips)):  # disjoint seeds by split
+            if clips:
+                out[split] = [str(p) for p in write_shards(
+                    f"{c.data_dir}/{split}", num_clips=clips, clips_per_shard=c.clips_per_shard,
+                    seed=run.experiment.run.seed, split=split, frames=c.clip_frames, size=c.size, fps=c.fps,
+                    max_shots=c.max_shots, chunk_frames=run.experiment.sampler.frames_per_chunk,
+                    temporal_factor=c.temporal_factor)]
+        return {"shards": out, "summary": f"wrote toy shards to {c.data_dir}"}
+
+    @hookimpl
+    def longlive_run_end(self, run, result: dict) -> None:
+        if run.experiment.run.task != "generate" or not self.config.score or "video" not in result:
+            return
+        from longlive_plugins.toyworld.toybench import plot, score_video
+
+        stride = self.config.temporal_factor
+        fpc = run.experiment.sampler.frames_per_chunk
+        schedule = [(0 if c.index == 0 else 1 + stride * (c.index * fpc - 1), c.prompt) for c in result["schedule"]]
+        scores = score_video(result["video"][0], fps=run.experiment.generate.fps, schedule=schedule,
+                             segment_s=self.config.segment_s)
+        result["toybench"] = scores.to_dict()
+        result["summary"] = f"{result.get('summary', '')}\nToyBench\n{scores.format_table()}".strip()
+        path = run.output_path("toybench.json")
+        if path is not None:
+            path.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+            plot(scores, run.output_path("toybench.png"))
+        run.log(0, {f"toybench/{k}": v for k, v in scores.to_dict()["overall"].items() if isinstance(v, float)})
+
+
+def _toy_dataset(run, train_config) -> Any:
+    from longlive.train.data import ShardClipDataset
+
+    return ShardClipDataset.from_config(run, train_config)

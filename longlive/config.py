@@ -52,7 +52,8 @@ class ModelConfig:
     codec: str = "wan2.2-vae"  # the latent codec component
     codec_checkpoint: str | None = None
     text_encoder: str = "umt5-xxl"  # the text encoder component
-    text_encoder_path: str | None = None  # local directory or weight file of the text encoder
+    text_encoder_path: str | None = None  # HF directory, or Wan's models_t5_umt5-xxl-enc-bf16.pth
+    tokenizer_path: str | None = None  # tokenizer directory (needed with Wan's .pth; else optional)
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +123,7 @@ class Experiment:
 
 _SECTIONS = ("run", "model", "sampler", "generate", "bench", "train", "plugins")
 _PATH_KEYS = (("model", "checkpoint"), ("model", "codec_checkpoint"), ("model", "text_encoder_path"),
+              ("model", "tokenizer_path"),
               ("generate", "prompt_script"), ("generate", "image"))
 
 

@@ -38,13 +38,15 @@ def build_model(run: Any, role: str = "generator") -> torch.nn.Module:
     cfg = run.experiment.model
     with torch.device("meta"):
         model = WanDiT(preset, attention=cfg.attention)
-    model = model.to_empty(device="cpu")
     if cfg.checkpoint is not None:
+        model = model.to_empty(device="cpu")
         load_dit_weights(model, cfg.checkpoint, format=cfg.checkpoint_format)
-    else:
+        model = model.to(device=run.device, dtype=run.dtype)
+    else:  # random weights drawn where they live: no 20 GB detour through host memory for the 5B
         log.warning("model.checkpoint is not set: the DiT has random weights")
+        model = model.to(dtype=run.dtype).to_empty(device=run.device)
         _seeded_init(model, run.experiment.run.seed)
-    model = model.to(device=run.device, dtype=run.dtype).eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
     run.hook.longlive_load_adapters(model=model, role=role, run=run)  # inference: merge LoRA first,
     run.hook.longlive_quantize_model(model=model, role=role, run=run)  # then quantize
     if cfg.compile:

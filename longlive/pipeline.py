@@ -90,7 +90,7 @@ class ChunkLoop:
         """Clean context pass at t=0 (writes clean K/V into the chunk's slot), then commit."""
         state = self.state
         x, t = self._model_input(x0, 0.0)
-        state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), None, text_embedded=context, kv=kv)
+        state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), context, text_embedded=True, kv=kv)
         state.cache.commit(kv)
         state.history.append(x0)
         del state.history[: max(0, len(state.history) - state.cache.spec.num_slots)]
@@ -110,7 +110,7 @@ class ChunkLoop:
 
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kv: Any) -> torch.Tensor:
         state = self.state
-        v = state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), None, text_embedded=context, kv=kv)
+        v = state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), context, text_embedded=True, kv=kv)
         if not state.cfg:
             return v
         cond, uncond = v.chunk(2)

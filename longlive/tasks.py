@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,7 +54,14 @@ def build_umt5(run: RunContext):
         raise ConfigError("model.text_encoder_path: the umt5-xxl text encoder needs a local directory "
                           "(HF UMT5 layout with tokenizer files); set it, or use text_encoder = \"random\" for speed tests")
     preset = dit_preset(run)
-    return UMT5TextEncoder.from_path(path, text_len=preset.text_len, device=run.device, dtype=run.dtype)
+    tokenizer = run.experiment.model.tokenizer_path
+    common = dict(text_len=preset.text_len, device=run.device, dtype=run.dtype, where="model.text_encoder_path")
+    if Path(path).is_dir():
+        return UMT5TextEncoder.from_hf_dir(path, tokenizer=tokenizer, **common)
+    if tokenizer is None:
+        raise ConfigError("model.tokenizer_path: Wan's UMT5 .pth holds no tokenizer; set tokenizer_path to a local "
+                          "umt5-xxl tokenizer directory")
+    return UMT5TextEncoder.from_wan_checkpoint(path, tokenizer=tokenizer, **common)
 
 
 class RandomTextEncoder:
@@ -83,15 +91,15 @@ def build_random_text(run: RunContext):
 
 
 def build_unipc(config: SamplerConfig):
-    from longlive.sampling import UniPCSampler
+    from longlive.sampling import make_sampler
 
-    return UniPCSampler(steps=config.steps, shift=config.shift)
+    return make_sampler("unipc", config.steps, shift=config.shift)
 
 
 def build_fewstep(config: SamplerConfig):
-    from longlive.sampling import FewStepSampler
+    from longlive.sampling import make_sampler
 
-    return FewStepSampler.with_steps(config.steps, shift=config.shift)
+    return make_sampler("fewstep", config.steps, shift=config.shift)
 
 
 # ---- helpers shared by tasks -------------------------------------------------------------
@@ -103,14 +111,16 @@ def dit_preset(run: RunContext):
 
 def _seeded_init(module: torch.nn.Module, seed: int) -> None:
     """Random weights from the run seed (speed tests): N(0, 0.02) for weights, zero biases."""
-    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim <= 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02 + (1.0 if name.endswith("gamma") else 0.0))
+        for i, (name, p) in enumerate(module.named_parameters()):
+            g = torch.Generator(device=p.device).manual_seed(seed * 100_003 + i)
+            noise = torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32)
+            if p.ndim <= 1:  # norm gains around 1, biases around 0
+                base = 1.0 if name.endswith(("weight", "gamma")) else 0.0
+                p.copy_(noise * 0.02 + base)
             else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+                p.copy_(noise / p[0].numel() ** 0.5)
+            del noise
 
 
 # ---- tasks -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ factor tau the first latent is 1 pixel frame and every later one tau (the Wan ca
 Splits use disjoint clip seeds: clip i of split s under base seed b has seed
 2 * (b * 10**9 + i) + (0 for train, 1 for heldout), so train and heldout never share a clip.
 
-    python -m longlive_plugins.toyworld.shards data/toy/train --clips 2000 --split train
+Written by the `toy_data` task: `python -m longlive run experiments/toy/data.toml`.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class CorePlugin:
     def longlive_make_kv_policy(self, spec, run) -> Any:
         from longlive.cache import SlidingWindowPolicy
 
-        return SlidingWindowPolicy(num_slots=spec.num_slots, frames_per_chunk=run.experiment.sampler.frames_per_chunk)
+        return SlidingWindowPolicy(num_slots=spec.num_slots, frames_per_chunk=spec.frames_per_chunk)
 
     @hookimpl(trylast=True)
     def longlive_make_decoder(self, codec, run) -> Any:

@@ -1,0 +1,265 @@
+"""The self-attention KV cache of chunked AR inference: fixed chunk slots written in place.
+
+Why slots. Softmax attention does not depend on the order of its keys once RoPE has been
+applied to them (the cache stores roped keys). So the cache is a fixed set of `num_slots`
+slots of one chunk each; a new chunk is written into a free slot, or into the slot of the chunk
+that just left the window, and nothing is ever shifted, cloned or reallocated.
+
+Layout (`BF16Storage`). One buffer for K and one for V, each
+    [num_layers, B, num_slots * chunk_tokens, H, D]
+allocated once. Slot s of layer l is `buf[l, :, s*T:(s+1)*T]` (T = chunk_tokens). Reading a
+contiguous slot range is a view [B, n*T, H, D]; its [B, H, n*T, D] transpose is the "BSHD"
+stride layout that SDPA's cuDNN and flash kernels take without a copy. A non-contiguous slot
+set is concatenated (a copy); the default policy never asks for one.
+
+Protocol, per chunk i (`KVCache`):
+1. `kv = cache.begin(i)`: the policy plans chunk i: its *working slot* (where its K/V go),
+   the *visible slots* (what its queries attend to, working slot included) and the temporal
+   RoPE position of its first frame. Nothing changes yet.
+2. Every forward of chunk i (each denoising step, then the clean t=0 pass) calls, per layer,
+   `kv.attend_kv(layer, k, v)`: it writes this forward's K/V into the working slot and returns
+   the visible K/V. The working slot is a *scratch slot* until commit: it is either empty or
+   holds the chunk that chunk i's arrival evicts, which no plan from chunk i on can see. So
+   any number of forwards of chunk i (at any timestep) change nothing that any later plan
+   reads; only the last one's K/V survive.
+3. `cache.commit(kv)`: the working slot now holds chunk i (the contents written by the last
+   forward, normally the clean t=0 pass); later plans see it.
+
+Storages (e.g. NVFP4) and policies (sinks, relative RoPE) are plugged in through the small
+`KVStorage` and `CachePolicy` protocols below.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import attrs
+import torch
+
+from longlive.errors import ConfigError, LongLiveError
+
+if TYPE_CHECKING:
+    from longlive.geometry import Geometry
+    from longlive.model.presets import DiTConfig
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class CacheSpec:
+    """Shape of the self-attention KV cache of one video (batch) and one model."""
+
+    num_layers: int
+    batch: int
+    num_heads: int
+    head_dim: int
+    chunk_tokens: int  # tokens of one chunk = one slot
+    frames_per_chunk: int  # latent frames of one chunk
+    num_slots: int
+    dtype: torch.dtype = torch.bfloat16
+    device: torch.device = attrs.field(default=torch.device("cpu"), converter=torch.device)
+
+    @property
+    def tokens(self) -> int:
+        return self.num_slots * self.chunk_tokens
+
+    @classmethod
+    def for_model(cls, config: DiTConfig, geometry: Geometry, *, window_frames: int, batch: int,
+                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> CacheSpec:
+        """Spec for `config` at `geometry`; the window (in latent frames) includes the chunk being denoised."""
+        fpc = geometry.frames_per_chunk
+        if window_frames <= 0 or window_frames % fpc:
+            raise ConfigError(
+                f"window_frames={window_frames} must be a positive multiple of sampler.frames_per_chunk={fpc} "
+                f"(the cache holds whole chunks); try {max(1, round(window_frames / fpc)) * fpc}"
+            )
+        if (geometry.patch_h, geometry.patch_w) != tuple(config.patch[1:]) or config.patch[0] != 1:
+            raise ConfigError(
+                f"geometry patch ({geometry.patch_h}, {geometry.patch_w}) does not match the patch "
+                f"{config.patch} of DiT preset {config.name!r}"
+            )
+        return cls(num_layers=config.num_layers, batch=batch, num_heads=config.num_heads,
+                   head_dim=config.head_dim, chunk_tokens=geometry.chunk_tokens, frames_per_chunk=fpc,
+                   num_slots=window_frames // fpc, dtype=dtype, device=device)
+
+
+# ---- Storage ---------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class KVStorage(Protocol):
+    """Where cached K/V live. k, v are [B, chunk_tokens, H, D] (roped keys)."""
+
+    def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one chunk's K/V of `layer` into `slot`, in place."""
+
+    def read(self, layer: int, slots: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [B, len(slots)*chunk_tokens, H, D] of `layer` over `slots` (order irrelevant)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+
+
+class BF16Storage:
+    """Plain storage in `spec.dtype` (bf16 by default): one preallocated buffer per K and V.
+
+    Buffers are [num_layers, B, num_slots*chunk_tokens, H, D]; see the module docstring.
+    """
+
+    def __init__(self, spec: CacheSpec) -> None:
+        self.spec = spec
+        shape = (spec.num_layers, spec.batch, spec.tokens, spec.num_heads, spec.head_dim)
+        self.k = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
+        self.v = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
+
+    def _span(self, slot: int) -> slice:
+        t = self.spec.chunk_tokens
+        return slice(slot * t, (slot + 1) * t)
+
+    def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        expected = (self.spec.batch, self.spec.chunk_tokens, self.spec.num_heads, self.spec.head_dim)
+        if tuple(k.shape) != expected or tuple(v.shape) != expected:
+            raise ConfigError(
+                f"KV cache built for chunks of {expected} (batch, tokens, heads, head_dim) got "
+                f"k {tuple(k.shape)}, v {tuple(v.shape)}; build the cache from the same geometry and batch"
+            )
+        span = self._span(slot)
+        self.k[layer, :, span].copy_(k)
+        self.v[layer, :, span].copy_(v)
+
+    def read(self, layer: int, slots: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        first, last = min(slots), max(slots)
+        if last - first + 1 == len(slots):  # a contiguous range: a view, no copy
+            span = slice(first * self.spec.chunk_tokens, (last + 1) * self.spec.chunk_tokens)
+            return self.k[layer, :, span], self.v[layer, :, span]
+        k = torch.cat([self.k[layer, :, self._span(s)] for s in sorted(slots)], dim=1)  # a copy
+        v = torch.cat([self.v[layer, :, self._span(s)] for s in sorted(slots)], dim=1)
+        return k, v
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+# ---- Policy ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ChunkPlan:
+    """Where chunk `chunk_index` writes, what it sees, and its temporal RoPE start."""
+
+    chunk_index: int
+    working_slot: int
+    visible_slots: tuple[int, ...]  # includes working_slot
+    rope_start_frame: int
+
+
+@runtime_checkable
+class CachePolicy(Protocol):
+    """Decides which slot each chunk uses and which slots its queries see."""
+
+    def plan(self, chunk_index: int) -> ChunkPlan:
+        """The plan of chunk `chunk_index`; must not change the policy's state."""
+
+    def commit(self, plan: ChunkPlan) -> None:
+        """Record that plan.working_slot now holds chunk plan.chunk_index."""
+
+    def reset(self) -> None:
+        """Forget every committed chunk."""
+
+
+class SlidingWindowPolicy:
+    """A window of the last `num_slots` chunks, the current one included; absolute RoPE.
+
+    Slots fill in order 0, 1, 2, ... (the visible set is the contiguous prefix during warm-up
+    and the whole buffer once full). When full, chunk i works in slot i % num_slots, which holds
+    chunk i - num_slots: the chunk that falls out of the window exactly as chunk i needs a slot.
+    Chunks must be committed in order 0, 1, 2, ...
+    """
+
+    def __init__(self, num_slots: int, frames_per_chunk: int) -> None:
+        if num_slots <= 0 or frames_per_chunk <= 0:
+            raise ConfigError(f"cache window of {num_slots} chunks of {frames_per_chunk} frames must be positive")
+        self.num_slots = num_slots
+        self.frames_per_chunk = frames_per_chunk
+        self.committed_chunks = 0  # chunks 0 .. committed_chunks-1 are in (or have passed through) the cache
+
+    def plan(self, chunk_index: int) -> ChunkPlan:
+        if chunk_index != self.committed_chunks:
+            raise LongLiveError(
+                f"SlidingWindowPolicy: chunk {chunk_index} planned, but the next chunk is "
+                f"{self.committed_chunks}; commit chunks in order or reset() the cache"
+            )
+        visible = tuple(range(min(chunk_index + 1, self.num_slots)))
+        return ChunkPlan(chunk_index=chunk_index, working_slot=chunk_index % self.num_slots,
+                         visible_slots=visible, rope_start_frame=chunk_index * self.frames_per_chunk)
+
+    def commit(self, plan: ChunkPlan) -> None:
+        if plan.chunk_index != self.committed_chunks:
+            raise LongLiveError(
+                f"SlidingWindowPolicy: commit of chunk {plan.chunk_index}, expected chunk {self.committed_chunks}"
+            )
+        self.committed_chunks += 1
+
+    def reset(self) -> None:
+        self.committed_chunks = 0
+
+
+# ---- The cache -----------------------------------------------------------------------------------
+
+
+class ChunkKV:
+    """The cache as one chunk's forwards see it: see the module docstring, step 2."""
+
+    def __init__(self, cache: KVCache, plan: ChunkPlan) -> None:
+        self.cache = cache
+        self.plan = plan
+
+    @property
+    def rope_start_frame(self) -> int:
+        return self.plan.rope_start_frame
+
+    @torch.compiler.disable
+    def attend_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this chunk's roped k, v [B, T, H, D] into the working slot; return the visible K, V.
+
+        Excluded from torch.compile on purpose: the layer index and slot plan are Python ints that
+        would specialise (and recompile) a compiled block per layer and per chunk, and in-place
+        writes into a cache-sized graph input risk a functionalised copy of the whole buffer.
+        Storages may run their own kernels here (NVFP4 quantize-on-write).
+        """
+        storage = self.cache.storage
+        storage.write(layer, self.plan.working_slot, k, v)
+        return storage.read(layer, self.plan.visible_slots)
+
+
+class KVCache:
+    """Self-attention KV cache of one video: a storage, a policy, and the begin/commit protocol."""
+
+    def __init__(self, spec: CacheSpec, storage: KVStorage | None = None, policy: CachePolicy | None = None) -> None:
+        """Defaults: BF16Storage(spec) and a SlidingWindowPolicy over all slots."""
+        self.spec = spec
+        self.storage = storage if storage is not None else BF16Storage(spec)
+        self.policy = policy if policy is not None else SlidingWindowPolicy(spec.num_slots, spec.frames_per_chunk)
+        log.debug("KV cache: %d slots x %d tokens, %.2f GB", spec.num_slots, spec.chunk_tokens, self.nbytes / 1e9)
+
+    def begin(self, chunk_index: int) -> ChunkKV:
+        """Start chunk `chunk_index`: plan it; the cache's visible contents are unchanged."""
+        plan = self.policy.plan(chunk_index)
+        assert plan.working_slot in plan.visible_slots, plan
+        return ChunkKV(self, plan)
+
+    def commit(self, chunk_kv: ChunkKV) -> None:
+        """Make the chunk's working slot (as its last forward left it) visible to later chunks."""
+        if chunk_kv.cache is not self:
+            raise LongLiveError("KVCache.commit: this ChunkKV was begun on another cache")
+        self.policy.commit(chunk_kv.plan)
+
+    def reset(self) -> None:
+        """Start a new video: forget all chunks (the buffers are kept and overwritten)."""
+        self.policy.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return self.storage.nbytes

@@ -1,0 +1,151 @@
+"""DiT checkpoint key maps and the loader: LongLive `model_bf16.pt`, original Wan2.2 shards, diffusers.
+
+Our parameter names are the original Wan names, so:
+- "wan":       original Wan2.2 `WanModel` keys (sharded safetensors): identity.
+- "longlive":  LongLive / Self-Forcing generator keys: the same under a `model.` prefix,
+               possibly with training wrappers (`_fsdp_wrapped_module.`, `_orig_mod.`,
+               `_checkpoint_wrapped_module.`, a leading DDP `module.`), possibly nested under a
+               `generator` (or `generator_ema`) entry.
+- "diffusers": `WanTransformer3DModel` keys, renamed by the table below (diffusers also swaps
+               the names norm2/norm3: its affine cross-attention norm is `norm2`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from longlive.errors import ConfigError
+from longlive.model.checkpoint import load_strict, read_state_dict
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "longlive", "wan", "diffusers")
+_WRAPPERS = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")
+_CONTAINERS = ("generator", "state_dict", "model")  # nested entries a training checkpoint may hold
+
+# ours (= Wan) -> diffusers, for module paths outside the blocks ...
+_TOP_TO_DIFFUSERS = {
+    "patch_embedding": "patch_embedding",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+    "head.modulation": "scale_shift_table",
+}
+# ... and inside `blocks.<i>.`
+_BLOCK_TO_DIFFUSERS = {
+    "modulation": "scale_shift_table",
+    "norm3": "norm2",  # the affine cross-attention norm
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+    **{f"{ours}.{p}": f"{theirs}.{q}"
+       for ours, theirs in (("self_attn", "attn1"), ("cross_attn", "attn2"))
+       for p, q in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
+                    ("norm_q", "norm_q"), ("norm_k", "norm_k"))},
+}
+_TOP_FROM_DIFFUSERS = {v: k for k, v in _TOP_TO_DIFFUSERS.items()}
+_BLOCK_FROM_DIFFUSERS = {v: k for k, v in _BLOCK_TO_DIFFUSERS.items()}
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def _rename(name: str, table: Mapping[str, str]) -> str:
+    """Replace the longest module-path prefix of `name` found in `table`; unknown names are kept."""
+    for prefix in sorted(table, key=len, reverse=True):
+        if name == prefix or name.startswith(prefix + "."):
+            return table[prefix] + name[len(prefix):]
+    return name
+
+
+def _rename_keys(state: Mapping[str, torch.Tensor], top: Mapping[str, str],
+                 block: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        m = _BLOCK_KEY.match(key)
+        new = f"blocks.{m[1]}.{_rename(m[2], block)}" if m else _rename(key, top)
+        out[new] = value
+    return out
+
+
+def ours_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our (= original Wan) keys -> diffusers `WanTransformer3DModel` keys."""
+    return _rename_keys(state, _TOP_TO_DIFFUSERS, _BLOCK_TO_DIFFUSERS)
+
+
+def diffusers_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers `WanTransformer3DModel` keys -> ours (= original Wan)."""
+    return _rename_keys(state, _TOP_FROM_DIFFUSERS, _BLOCK_FROM_DIFFUSERS)
+
+
+def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop FSDP / torch.compile / activation-checkpoint wrapper names and a leading DDP `module.`."""
+    out = {}
+    for key, value in state.items():
+        for wrapper in _WRAPPERS:
+            key = key.replace(wrapper, "")
+        out[key.removeprefix("module.")] = value
+    return out
+
+
+def unnest(state: Mapping[str, object], *, ema: bool = False) -> Mapping[str, object]:
+    """The tensor dict inside a training checkpoint ({"generator": {...}, ...}); `ema` picks `generator_ema`."""
+    names = ("generator_ema",) if ema else _CONTAINERS
+    for name in names:
+        inner = state.get(name)
+        if isinstance(inner, Mapping):
+            return inner
+    if ema:
+        raise ConfigError(f"checkpoint has no 'generator_ema' entry (top-level keys: {sorted(state)[:5]})")
+    return state
+
+
+def detect_format(state: Mapping[str, torch.Tensor]) -> str:
+    """"diffusers", "longlive" or "wan" from the key names (after strip_wrappers)."""
+    keys = list(state)
+    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in keys):
+        return "diffusers"
+    if any(k.startswith("model.") for k in keys):
+        return "longlive"
+    return "wan"
+
+
+def to_ours(state: Mapping[str, torch.Tensor], format: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a DiT state dict of `format` to our keys; returns (state, the format used)."""
+    if format not in FORMATS:
+        raise ConfigError(f"model.checkpoint_format={format!r} is unknown; use one of {list(FORMATS)}")
+    state = strip_wrappers(state)
+    fmt = detect_format(state) if format == "auto" else format
+    if fmt == "diffusers":
+        return diffusers_to_ours(state), fmt
+    if fmt == "longlive":
+        return {k.removeprefix("model."): v for k, v in state.items()}, fmt
+    return dict(state), fmt
+
+
+def load_dit_state(model: nn.Module, state: Mapping[str, torch.Tensor], format: str = "auto", *,
+                   what: str = "DiT weights") -> str:
+    """Load a DiT state dict of `format` strictly into `model` (a meta model takes the tensors as they are).
+
+    Any missing, unexpected or mis-shaped key is one ConfigError. Returns the format used.
+    """
+    ours, fmt = to_ours(state, format)
+    load_strict(model, ours, what=f"{what} ({fmt} format)")
+    return fmt
+
+
+def load_dit_weights(model: nn.Module, path: str | os.PathLike, format: str = "auto", *,
+                     where: str = "model.checkpoint", ema: bool = False) -> str:
+    """Read a DiT checkpoint (file or shard directory) and load it strictly; returns the format used."""
+    state = unnest(read_state_dict(path, where=where), ema=ema)
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConfigError(f"{where}: {str(path)!r} holds non-tensor entries ({bad[:3]}); it is not a DiT state dict")
+    fmt = load_dit_state(model, state, format, what=f"DiT from {os.fspath(path)}")
+    log.info("loaded DiT weights from %s (%s format, %d tensors)", os.fspath(path), fmt, len(state))
+    return fmt

@@ -51,8 +51,8 @@ def build_model(run: Any, role: str = "generator") -> torch.nn.Module:
     run.hook.longlive_quantize_model(model=model, role=role, run=run)  # then quantize
     if cfg.compile:
         model.compile_blocks()
-    log.info("DiT %s: %.3f B parameters, %s on %s, attention %s", preset.name,
-             sum(p.numel() for p in model.parameters()) / 1e9, run.dtype, run.device, model.attention_backend)
+    log.info("DiT %s: %.2f M parameters, %s on %s, attention %s", preset.name,
+             sum(p.numel() for p in model.parameters()) / 1e6, run.dtype, run.device, model.attention_backend)
     return model
 
 

@@ -54,14 +54,14 @@ class RunContext:
         return g
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"run.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if check_available and device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device: {name!r} asked for, but this machine has no CUDA GPU; use cpu or auto")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"run.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
@@ -78,7 +78,7 @@ def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir:
     """Build the plugin manager and the context; create the run directory unless told not to."""
     pm, components, configs = build_plugin_manager(experiment)
     check_components(experiment, components)
-    device = resolve_device(experiment.run.device)
+    device = resolve_device(experiment.run.device, check_available=create_dir)  # validate checks config only
     run = RunContext(experiment=experiment, pm=pm, components=components, plugin_configs=configs,
                      device=device, dtype=resolve_dtype(experiment.run.dtype, device))
     if create_dir:

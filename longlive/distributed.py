@@ -1,0 +1,100 @@
+"""Data-parallel process groups from the launcher's environment (torchrun), and rank helpers.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them (or with
+WORLD_SIZE=1) the run is a single process and nothing is initialised. The backend follows the
+device: gloo on CPU, nccl on CUDA. No module state: `init_distributed` returns a `DistInfo`
+that the caller owns and passes to `shutdown`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+
+from longlive.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class DistInfo:
+    """This process's place in the data-parallel group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # we initialised the process group, so we destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} must be an integer (set by torchrun)") from None
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group the launcher describes; returns (info, this rank's device)."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world <= 1:
+        return DistInfo(), device
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise ConfigError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun --nproc_per_node=N")
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPUs; "
+                              f"lower --nproc_per_node")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                device_id=device if device.type == "cuda" else None)
+        log.info("process group: rank %d of %d (%s, %s)", rank, world, backend, device)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, owns_group=owns), device
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(info: DistInfo, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,88 @@
+"""[train]: the TrainConfig schema (every training default lives here) and its cross-table checks."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from longlive.errors import ConfigError
+from longlive.structure import at_least, in_range, one_of, structure
+
+log = logging.getLogger(__name__)
+
+MODES = ("teacher_forcing", "bidirectional")
+TIME_WEIGHTINGS = ("gaussian", "uniform")
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """[train]: data, objective, optimizer, schedule and outputs of a training run.
+
+    Frames are latent frames. Batches are per rank: the global batch of one optimizer step is
+    batch_size x grad_accum x world size. The seed is run.seed.
+    """
+
+    mode: str = attrs.field(default="teacher_forcing", validator=one_of(MODES))
+    dataset: str = "toy-shards"  # a "dataset" component
+    data: str  # shard file or brace/glob pattern, relative to the experiment file
+    eval_data: str | None = None  # prompts for evaluation come from its first sample (default: data)
+    num_frames: int = attrs.field(default=16, validator=at_least(1))  # per sample; multiple of frames_per_chunk
+    steps: int = attrs.field(default=1000, validator=at_least(1))  # optimizer steps
+    batch_size: int = attrs.field(default=1, validator=at_least(1))  # samples per rank per micro-step
+    grad_accum: int = attrs.field(default=1, validator=at_least(1))  # micro-steps per optimizer step
+    lr: float = attrs.field(default=1e-5, validator=in_range(0.0, 1.0))
+    betas: tuple[float, ...] = (0.0, 0.999)  # LongLive 2.0's AdamW betas
+    weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))
+    grad_clip: float = attrs.field(default=10.0, validator=at_least(0.0))  # max grad norm; 0 = no clipping
+    warmup_steps: int = attrs.field(default=0, validator=at_least(0))  # linear LR warmup
+    ema_decay: float = attrs.field(default=0.99, validator=in_range(0.0, 1.0))
+    ema_start: int = attrs.field(default=0, validator=at_least(0))  # before this step the EMA copies the model
+    timestep_shift: float = attrs.field(default=5.0, validator=in_range(0.01, 100.0))
+    time_weighting: str = attrs.field(default="gaussian", validator=one_of(TIME_WEIGHTINGS))
+    cache_latents: bool = False  # keep encoded latents and text in memory (small datasets)
+    log_every: int = attrs.field(default=10, validator=at_least(1))
+    save_every: int = attrs.field(default=500, validator=at_least(0))  # 0: only the final checkpoint
+    keep_previous: bool = True  # keep the checkpoint before `last` as `previous`
+    eval_every: int = attrs.field(default=0, validator=at_least(0))  # 0: no evaluation
+    eval_frames: int | None = None  # latent frames of the evaluation video (default: num_frames)
+    init_from: str | None = None  # initial DiT weights (any format model.checkpoint_format reads)
+    export: str = "model.safetensors"  # EMA weights written to the run directory at the end
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas: {list(self.betas)} must be two numbers in [0, 1), e.g. [0.0, 0.999]")
+        if self.eval_frames is not None and self.eval_frames < 1:
+            raise ConfigError(f"train.eval_frames: {self.eval_frames} must be >= 1 (or left out)")
+        if not self.export.endswith(".safetensors"):
+            raise ConfigError(f"train.export: {self.export!r} must be a .safetensors file name")
+
+    def check(self, frames_per_chunk: int) -> None:
+        """Cross-table checks against [sampler] (before anything is built)."""
+        for key in ("num_frames", "eval_frames"):
+            value = getattr(self, key)
+            if value is not None and value % frames_per_chunk:
+                near = max(1, round(value / frames_per_chunk)) * frames_per_chunk
+                raise ConfigError(f"train.{key}: {value} is not a multiple of sampler.frames_per_chunk = "
+                                  f"{frames_per_chunk}; try {near}")
+
+
+def train_config(run: Any) -> TrainConfig:
+    """The run's TrainConfig: `run.task_config` once the trainer set it, else structured from [train]."""
+    if isinstance(run.task_config, TrainConfig):
+        return run.task_config
+    table = run.experiment.train
+    if table is None:
+        raise ConfigError("train: missing table [train]; training needs at least data = \"shards pattern\"")
+    return structure(table, TrainConfig, where="train")
+
+
+def resolve_path(value: str, run: Any) -> str:
+    """A path or shard pattern from [train], relative to the experiment file's folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    source = run.experiment.source
+    base = source.parent if source is not None else Path.cwd()
+    return str(base / path)

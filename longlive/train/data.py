@@ -1,0 +1,281 @@
+"""Training data: the "dataset" component protocol, a webdataset shard reader, the sample stream, batch encoding.
+
+A "dataset" component is a factory `(run, train_config) -> Dataset`: `len(ds)` samples and
+`ds[i]` -> {"video": uint8 [T, H, W, 3] (numpy or tensor) or float [3, T, H, W] in [-1, 1],
+"prompts": one caption per chunk, "fps": float}, with T = the pixel frames of
+train.num_frames latent frames. Items are deterministic (same i, same item).
+
+`DataStream` decides which samples each rank reads: epoch e is a permutation of the dataset
+drawn from (run.seed, e); a global batch takes the next batch_size x world_size positions, rank
+r the r-th run of batch_size of them; the epoch's tail that cannot fill a global batch is
+skipped. Its whole state is the number of positions consumed (`position`), so resuming is
+exact and costs nothing. Each sample also gets a seed from (run.seed, position), from which the
+objective draws its noise and timesteps: the draws do not depend on the number of ranks.
+
+`BatchEncoder` turns items into a training batch: the codec encodes videos to latents
+[B, C, F, H, W] and the text encoder embeds the B x n_chunks prompts in one call -> context
+[B, n_chunks, L, D]; optionally both are cached in host memory by dataset index.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import tarfile
+from typing import Any, Callable, Protocol, Sequence
+
+import attrs
+import numpy as np
+import torch
+from einops import rearrange
+
+from longlive.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Dataset(Protocol):
+    """What a "dataset" component's factory returns (module docstring)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict: ...
+
+
+DatasetFactory = Callable[[Any, Any], Dataset]  # (run, train_config) -> Dataset
+
+
+# ---- shards of uint8 video + json captions -------------------------------------------------
+
+
+@attrs.frozen
+class _Member:
+    offset: int  # byte offset of the member's data in the tar file
+    size: int
+
+
+@attrs.frozen
+class SampleRef:
+    """Where one sample's video (.npy) and metadata (.json) lie inside a tar shard."""
+
+    shard: str
+    key: str
+    video: _Member
+    meta: _Member
+
+    def read(self) -> tuple[np.ndarray, dict]:
+        with open(self.shard, "rb") as f:
+            f.seek(self.video.offset)
+            video = np.load(io.BytesIO(f.read(self.video.size)), allow_pickle=False)
+            f.seek(self.meta.offset)
+            meta = json.loads(f.read(self.meta.size).decode("utf-8"))
+        return video, meta
+
+
+def expand_pattern(pattern: str, *, where: str) -> list[str]:
+    """Shard files named by a path with {a..b}/{x,y} braces and/or glob wildcards, sorted."""
+    from braceexpand import braceexpand
+
+    files = sorted({f for p in braceexpand(pattern) for f in (glob.glob(p) if glob.has_magic(p) else [p])})
+    missing = [f for f in files if not os.path.isfile(f)]
+    if not files or missing:
+        raise ConfigError(f"{where}: no shard file matches {pattern!r}" if not files else
+                          f"{where}: shard {missing[0]!r} does not exist (pattern {pattern!r}); "
+                          f"paths are relative to the experiment file")
+    return files
+
+
+def index_shards(files: Sequence[str], *, where: str) -> list[SampleRef]:
+    """Every complete sample (one .npy video + one .json) of the tar shards, in file order."""
+    refs = []
+    for path in files:
+        members: dict[str, dict[str, _Member]] = {}
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for m in tar:
+                    if m.isfile():
+                        base = m.name.rsplit("/", 1)[-1]
+                        key, _, ext = base.partition(".")
+                        prefix = m.name[: len(m.name) - len(base)]
+                        members.setdefault(prefix + key, {})[ext] = _Member(m.offset_data, m.size)
+        except tarfile.TarError as e:
+            raise ConfigError(f"{where}: {path!r} is not a readable (uncompressed) tar shard: {e}") from None
+        for key, parts in members.items():
+            video = [m for ext, m in parts.items() if ext.endswith("npy")]
+            if len(video) == 1 and "json" in parts:
+                refs.append(SampleRef(path, key, video[0], parts["json"]))
+            else:
+                log.warning("%s: sample %r in %s lacks one .npy video and a .json; skipped", where, key, path)
+    return refs
+
+
+def frame_captions(meta: dict, num_pixel_frames: int, *, where: str) -> list[str]:
+    """The caption of every pixel frame, from the sample's `prompt_schedule` [[start_frame, caption], ...]."""
+    schedule = meta.get("prompt_schedule")
+    if not schedule or int(schedule[0][0]) != 0:
+        raise ConfigError(f"{where}: sample metadata needs prompt_schedule = [[0, caption], [start, caption], ...]; "
+                          f"found keys {sorted(meta)}")
+    out: list[str] = []
+    bounds = [int(s) for s, _ in schedule[1:]] + [num_pixel_frames]
+    for (_, caption), end in zip(schedule, bounds):
+        out += [caption] * max(0, min(end, num_pixel_frames) - len(out))
+    return out
+
+
+def chunk_prompts(captions: Sequence[str], *, num_chunks: int, frames_per_chunk: int,
+                  temporal_stride: int) -> list[str]:
+    """One prompt per chunk: the caption of most of the chunk's pixel frames (ties: the earliest).
+
+    Latent frame 0 holds pixel frame 0, latent j >= 1 holds pixels [1 + s(j-1), 1 + s j).
+    """
+    prompts = []
+    for k in range(num_chunks):
+        first, last = k * frames_per_chunk, (k + 1) * frames_per_chunk - 1
+        start = 0 if first == 0 else 1 + temporal_stride * (first - 1)
+        span = list(captions[start: 1 + temporal_stride * last])
+        prompts.append(max(dict.fromkeys(span), key=span.count))
+    return prompts
+
+
+class ShardClipDataset:
+    """Multi-shot clips from webdataset tar shards: `<key>.npy` uint8 [T, H, W, 3] + `<key>.json`.
+
+    The json holds "fps" and "prompt_schedule" ([[start_frame, caption], ...] in pixel frames).
+    Items are the first `pixel_frames` frames of a clip and one prompt per chunk.
+    """
+
+    def __init__(self, refs: Sequence[SampleRef], *, num_frames: int, frames_per_chunk: int,
+                 temporal_stride: int, where: str = "train.data") -> None:
+        if not refs:
+            raise ConfigError(f"{where}: the shards hold no samples (each needs a .npy video and a .json)")
+        self.refs, self.where = list(refs), where
+        self.num_chunks = num_frames // frames_per_chunk
+        self.frames_per_chunk, self.temporal_stride = frames_per_chunk, temporal_stride
+        self.pixel_frames = 1 + temporal_stride * (num_frames - 1)
+
+    @classmethod
+    def from_config(cls, run: Any, config: Any) -> ShardClipDataset:
+        from longlive.train.config import resolve_path
+
+        codec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
+        files = expand_pattern(resolve_path(config.data, run), where="train.data")
+        refs = index_shards(files, where="train.data")
+        log.info("dataset: %d samples in %d shards (%s)", len(refs), len(files), config.data)
+        return cls(refs, num_frames=config.num_frames, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
+                   temporal_stride=codec.temporal_stride)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> dict:
+        ref = self.refs[index]
+        video, meta = ref.read()
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise ConfigError(f"{self.where}: sample {ref.key!r} in {ref.shard}: video must be uint8 [T, H, W, 3]; "
+                              f"got {video.dtype} {video.shape}")
+        if video.shape[0] < self.pixel_frames:
+            raise ConfigError(f"{self.where}: sample {ref.key!r} in {ref.shard} has {video.shape[0]} frames but "
+                              f"train.num_frames needs {self.pixel_frames}; lower train.num_frames or use longer clips")
+        captions = frame_captions(meta, self.pixel_frames, where=f"{self.where} ({ref.key})")
+        prompts = chunk_prompts(captions, num_chunks=self.num_chunks, frames_per_chunk=self.frames_per_chunk,
+                                temporal_stride=self.temporal_stride)
+        return {"video": video[: self.pixel_frames], "prompts": prompts, "fps": float(meta.get("fps", 0.0))}
+
+
+# ---- the sample stream -----------------------------------------------------------------
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """The seed of the sample at stream `position` (63 bits, well mixed)."""
+    a, b = np.random.SeedSequence([seed, position, 0x5EED]).generate_state(2, dtype=np.uint32)
+    return (int(a) << 31) ^ int(b)
+
+
+class DataStream:
+    """Deterministic, resumable order of samples for one rank (module docstring)."""
+
+    def __init__(self, size: int, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 position: int = 0) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        self.per_epoch = size // self.global_batch * self.global_batch
+        if self.per_epoch == 0:
+            raise ConfigError(f"train.batch_size: a global batch of {self.global_batch} (batch_size {batch_size} x "
+                              f"{world_size} ranks) exceeds the {size} samples of the dataset; lower it")
+        self.position = position
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.per_epoch
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+            self._perm = (epoch, rng.permutation(self.size))
+        return self._perm[1]
+
+    def next(self) -> tuple[list[int], list[int]]:
+        """This rank's part of the next global batch: (dataset indices, sample seeds)."""
+        perm, offset = self.permutation(self.epoch), self.position % self.per_epoch
+        positions = range(self.position + self.rank * self.batch_size,
+                          self.position + (self.rank + 1) * self.batch_size)
+        indices = [int(perm[offset + p - self.position]) for p in positions]
+        self.position += self.global_batch
+        return indices, [sample_seed(self.seed, p) for p in positions]
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "global_batch": self.global_batch, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["global_batch"], state["size"]) != (self.global_batch, self.size):
+            raise ConfigError(f"resume: the checkpoint's data stream had a global batch of {state['global_batch']} "
+                              f"over {state['size']} samples; this run has {self.global_batch} over {self.size}; "
+                              f"resume with the same batch size, ranks and data")
+        self.position = int(state["position"])
+
+
+# ---- encoding ---------------------------------------------------------------------------
+
+
+def video_to_float(video: Any) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float32 [3, T, H, W] in [-1, 1]; float [3, T, H, W] passes through."""
+    v = torch.as_tensor(video)
+    if v.dtype == torch.uint8:
+        return rearrange(v, "t h w c -> c t h w").float() / 127.5 - 1.0
+    return v.float()
+
+
+class BatchEncoder:
+    """Items -> {"latents" [B, C, F, H, W] fp32, "context" [B, n, L, D] fp32, "seeds" [B], "prompts"}."""
+
+    def __init__(self, codec: Any, text_encoder: Any, *, device: torch.device, dtype: torch.dtype,
+                 cache: bool = False) -> None:
+        self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+
+    @torch.no_grad()
+    def encode(self, items: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        video = torch.stack([video_to_float(it["video"]) for it in items])  # [B, 3, T, H, W]
+        latents = self.codec.encode(video.to(self.device, self.dtype)).float()  # [B, C, F, h, w]
+        n = {len(it["prompts"]) for it in items}
+        if len(n) != 1:
+            raise ConfigError(f"dataset items of one batch have different numbers of chunk prompts: {sorted(n)}")
+        prompts = [p for it in items for p in it["prompts"]]
+        context = self.text.encode(prompts).float()  # [B * n, L, D]
+        return latents, rearrange(context, "(b n) l d -> b n l d", b=len(items))
+
+    def __call__(self, dataset: Dataset, indices: Sequence[int], seeds: Sequence[int]) -> dict:
+        if self._cache is None:
+            latents, context = self.encode([dataset[i] for i in indices])
+        else:
+            todo = [i for i in dict.fromkeys(indices) if i not in self._cache]
+            if todo:
+                lat, ctx = self.encode([dataset[i] for i in todo])
+                self._cache.update({i: (lat[k].cpu(), ctx[k].cpu()) for k, i in enumerate(todo)})
+            latents = torch.stack([self._cache[i][0] for i in indices]).to(self.device)
+            context = torch.stack([self._cache[i][1] for i in indices]).to(self.device)
+        return {"latents": latents, "context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}

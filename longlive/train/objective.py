@@ -1,0 +1,121 @@
+"""The flow-matching training objective: bidirectional diffusion and AR teacher forcing.
+
+For a clean latent video x0 [B, C, F, H, W] and noise eps (module docstring of longlive.sampling):
+
+    x_t = (1 - sigma) x0 + sigma eps,    target v = eps - x0,    model input t = 1000 sigma
+
+Timesteps are drawn on LongLive's discrete training grid (a FlowMatchScheduler with
+num_train_timesteps N = 1000, shift `timestep_shift`, extra_one_step): for i = 0..N-1,
+
+    u_i = 1 - i / N                                   (1, 0.999, ..., 0.001)
+    sigma_i = shift u_i / (1 + (shift - 1) u_i)       (shift_sigma)
+    t_i = 1000 sigma_i
+
+and an index i is drawn uniformly: once per sample (bidirectional, `forward`) or once per chunk
+of `frames_per_chunk` latent frames (teacher forcing, `forward_teacher` with clean = x0, every
+frame of a chunk sharing its chunk's timestep).
+
+Loss: per-frame MSE over (C, H, W), times the time weight w(t) of the frame's timestep,
+averaged over batch and frames: L = mean_{b,f} w(t_bf) * mean_{c,h,w} (v_pred - v)^2.
+Time weighting "gaussian" is LongLive's "bsmntw" weighting (DiffSynth's FlowMatchScheduler
+training weights, which LongLive 2.0 uses): on the grid above
+
+    y_i = exp(-2 ((t_i - 500) / 1000)^2),    y'_i = y_i - min_j y_j,    w_i = y'_i / mean_j y'_j
+
+a bump centred at t = 500, zero at the grid point farthest from 500 (t ~ 999 at shift 5), and
+mean 1 over the grid, so E[w] = 1 under uniform index sampling. "uniform" is w = 1.
+
+Randomness: every sample carries a seed (DataStream derives it from run.seed and the sample's
+position in the stream); the objective re-seeds the `generator` it is given with each sample's
+seed before drawing that sample's noise and timesteps. The draws therefore do not depend on
+how a global batch is split over ranks or micro-steps, and a resumed run redraws them exactly.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from longlive.errors import ConfigError
+from longlive.sampling import TRAIN_TIMESTEPS, FlowMatching
+
+log = logging.getLogger(__name__)
+
+
+def sigma_grid(shift: float, num_timesteps: int = TRAIN_TIMESTEPS) -> torch.Tensor:
+    """The shifted training noise levels sigma_i, i = 0..N-1 (descending), float64 [N]."""
+    u = 1.0 - torch.arange(num_timesteps, dtype=torch.float64) / num_timesteps
+    return FlowMatching.shift_sigma(u, shift)
+
+
+def time_weights(timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Weights w_i of the grid timesteps t_i [N] (float64), normalised to mean 1 (module docstring)."""
+    if weighting == "uniform":
+        return torch.ones_like(timesteps)
+    if weighting != "gaussian":
+        raise ConfigError(f"train.time_weighting: {weighting!r} is not known; use gaussian or uniform")
+    y = torch.exp(-2.0 * ((timesteps - TRAIN_TIMESTEPS / 2) / TRAIN_TIMESTEPS) ** 2)
+    y = y - y.min()
+    return y / y.mean()
+
+
+class FlowMatchingObjective:
+    """`objective(model, batch, generator) -> (loss, metrics)`; see the module docstring.
+
+    `batch`: "latents" [B, C, F, H, W] (x0), "context" [B, n_chunks, L, D] (text encoder output,
+    one prompt per chunk), "seeds" [B] int64. `generator`: a torch.Generator on the latents'
+    device, re-seeded per sample. `metrics`: detached 0-d tensors (no host sync here).
+    """
+
+    def __init__(self, *, mode: str, frames_per_chunk: int, shift: float, weighting: str) -> None:
+        if mode not in ("teacher_forcing", "bidirectional"):
+            raise ConfigError(f"train.mode: {mode!r} is not known; use teacher_forcing or bidirectional")
+        self.mode, self.frames_per_chunk = mode, frames_per_chunk
+        sigmas = sigma_grid(shift)
+        self.sigmas = sigmas.float()  # [N]
+        self.weights = time_weights(sigmas * TRAIN_TIMESTEPS, weighting).float()  # [N], mean 1
+
+    @classmethod
+    def from_run(cls, run: Any) -> FlowMatchingObjective:
+        from longlive.train.config import train_config
+
+        cfg = train_config(run)
+        return cls(mode=cfg.mode, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
+                   shift=cfg.timestep_shift, weighting=cfg.time_weighting)
+
+    def draw(self, x0: torch.Tensor, seeds: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise like x0 and grid indices [B, F] (constant per chunk, or per sample if bidirectional)."""
+        batch, frames = x0.shape[0], x0.shape[2]
+        groups = 1 if self.mode == "bidirectional" else self._chunks(frames)
+        noise = torch.empty_like(x0, dtype=torch.float32)
+        index = torch.empty(batch, groups, dtype=torch.long, device=x0.device)
+        for b, seed in enumerate(seeds.tolist()):
+            generator.manual_seed(int(seed))
+            noise[b] = torch.randn(x0.shape[1:], generator=generator, device=x0.device, dtype=torch.float32)
+            index[b] = torch.randint(0, len(self.sigmas), (groups,), generator=generator, device=x0.device)
+        return noise, index.repeat_interleave(frames // groups, dim=1)  # [B, C, F, H, W], [B, F]
+
+    def __call__(self, model: Any, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x0 = batch["latents"].float()  # [B, C, F, H, W]
+        noise, index = self.draw(x0, batch["seeds"], generator)
+        sigma = self.sigmas.to(x0.device)[index]  # [B, F]
+        x_t = FlowMatching.add_noise(x0, noise, sigma)
+        target = FlowMatching.velocity_target(x0, noise)
+        t = FlowMatching.timestep(sigma)  # [B, F]
+        if self.mode == "teacher_forcing":
+            pred = model.forward_teacher(x0, x_t, t, batch["context"], frames_per_block=self.frames_per_chunk)
+        else:
+            pred = model(x_t, t[:, 0], batch["context"])
+        mse = (pred.float() - target).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        weight = self.weights.to(x0.device)[index]  # [B, F]
+        loss = (mse * weight).mean()
+        metrics = {"loss": loss.detach(), "mse": mse.detach().mean(), "sigma": sigma.mean()}
+        return loss, metrics
+
+    def _chunks(self, frames: int) -> int:
+        if frames % self.frames_per_chunk:
+            raise ConfigError(f"{frames} latent frames per sample are not a multiple of "
+                              f"sampler.frames_per_chunk = {self.frames_per_chunk}; fix train.num_frames")
+        return frames // self.frames_per_chunk

@@ -31,7 +31,7 @@ from longlive.prompts import chunk_prompts, single_prompt
 log = logging.getLogger(__name__)
 
 _ATTENTION = ("attention", "fmha", "flash", "cudnn", "sdpa", "flex")
-_GEMM = ("gemm", "matmul", "nvjet", "cutlass", "xmma", "sm90_", "cublas")
+_GEMM = ("gemm", "matmul", "nvjet", "cutlass", "xmma", "sm90_", "cublas", "aten::addmm", "aten::mm", "aten::bmm")
 
 
 def run_benchmark(run: Any) -> dict:
@@ -71,7 +71,7 @@ def run_benchmark(run: Any) -> dict:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(run.device) / 2**30
         result["device_name"] = torch.cuda.get_device_name(run.device)
     if b.profile_chunks:
-        result["time_split"] = _profile(loop, schedule[-b.profile_chunks:], noise[-b.profile_chunks:], cuda)
+        result["time_split"] = _profile(loop, schedule[-b.profile_chunks:], noise, cuda)
     del state, loop, model
     if b.vae_chunks:
         decode_s = _vae_decode_seconds(run, codec_spec, outputs[-1], b.vae_chunks, cuda)

@@ -65,6 +65,7 @@ class ChunkLoop:
         """Generate chunk `chunk.index` from `noise` [B, C, f, H, W]; returns x0 of the same shape."""
         state = self.state
         state.chunk_index = chunk.index
+        chunk = self._live_prompt(chunk)
         if self.hook is not None and chunk.shot_start:
             self.hook.longlive_shot_start(shot_index=chunk.shot_index, chunk_index=chunk.index, state=state, run=self.run)
         if self.hook is not None and chunk.switch:
@@ -77,6 +78,15 @@ class ChunkLoop:
         if self.hook is not None:
             self.hook.longlive_chunk_done(index=chunk.index, latents=x0, state=state, run=self.run)
         return x0
+
+    def _live_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
+        """A live prompt source may replace the scheduled prompt; a change inside a shot is a switch."""
+        if self.hook is None:
+            return chunk
+        live = self.hook.longlive_next_prompt(chunk=chunk, state=self.state, run=self.run)
+        prompt = chunk.prompt if live is None else live
+        switched = not chunk.shot_start and self.state.prompt is not None and prompt != self.state.prompt
+        return attrs.evolve(chunk, prompt=prompt, switch=switched)
 
     def denoise(self, noise: torch.Tensor, context: torch.Tensor, kv: Any) -> torch.Tensor:
         state = self.state

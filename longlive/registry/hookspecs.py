@@ -120,6 +120,16 @@ def longlive_make_decoder(codec: Any, run: RunContext) -> Any | None:
     """
 
 
+@hookspec(firstresult=True)
+def longlive_next_prompt(chunk: Any, state: Any, run: RunContext) -> str | None:
+    """Return a prompt that replaces the scheduled `chunk.prompt` (a ChunkPrompt), or None.
+
+    Called before every chunk. A live prompt source (a file or stdin polled while generating)
+    answers here; when the answer differs from the prompt in force, the core emits
+    `longlive_prompt_switch` for this chunk. First result wins.
+    """
+
+
 @hookspec
 def longlive_shot_start(shot_index: int, chunk_index: int, state: Any, run: RunContext) -> None:
     """A new shot starts at `chunk_index` (a structured event from the prompt script).

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "tests" / "support"))  # ad-hoc test plugins
+sys.path.insert(0, str(Path(__file__).parent / "tests" / "support"))  # ad-hoc test plugins, shared tables
+
+from debug_experiment import DEBUG_EXPERIMENT  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -17,14 +19,6 @@ def pm():
     from longlive.registry.manager import new_plugin_manager
 
     return new_plugin_manager()
-
-
-DEBUG_EXPERIMENT = {
-    "run": {"name": "test", "task": "generate", "device": "cpu"},
-    "model": {"preset": "debug", "codec": "wan2.2-vae-debug", "text_encoder": "random"},
-    "sampler": {"height": 64, "width": 64, "num_frames": 4, "frames_per_chunk": 2, "window_frames": 4, "steps": 2},
-    "generate": {"prompt": "a red circle moves left"},
-}
 
 
 @pytest.fixture

@@ -85,6 +85,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from longlive.run import make_run, run_task
 
     experiment = load_experiment(args.experiment, args.overrides)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.run_dir is None:
+        raise ConfigError("--run-dir: under torchrun every rank must write to one run directory; pass --run-dir DIR")
     run = make_run(experiment, run_dir=args.run_dir)
     _add_file_log(run.run_dir / "log.txt")
     log.info("run %s (task %s) -> %s", experiment.run.name, experiment.run.task, run.run_dir)

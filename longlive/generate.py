@@ -28,8 +28,15 @@ def geometry_for(run: Any, codec: Any, preset: Any) -> Geometry:
                     frames_per_chunk=s.frames_per_chunk)
 
 
-def build_model(run: Any, role: str = "generator") -> torch.nn.Module:
-    """The DiT named by model.preset, with weights, adapters and quantization applied (in that order)."""
+def build_model(run: Any, role: str = "generator", *, training: bool = False,
+                checkpoint: str | None = None) -> torch.nn.Module:
+    """The DiT named by model.preset with its weights, then adapters and quantization.
+
+    The order is explicit: for inference adapters are merged first, then the model is quantized;
+    for training the frozen base is quantized first, then adapters are attached. `checkpoint`
+    overrides model.checkpoint (training starts from train.init_from). All parameters come back
+    frozen; an adapter plugin unfreezes what it adds.
+    """
     from longlive.model.convert import load_dit_weights
     from longlive.model.dit import WanDiT
     from longlive.tasks import _seeded_init, dit_preset
@@ -38,17 +45,22 @@ def build_model(run: Any, role: str = "generator") -> torch.nn.Module:
     cfg = run.experiment.model
     with torch.device("meta"):
         model = WanDiT(preset, attention=cfg.attention)
-    if cfg.checkpoint is not None:
+    checkpoint = checkpoint or cfg.checkpoint
+    if checkpoint is not None:
         model = model.to_empty(device="cpu")
-        load_dit_weights(model, cfg.checkpoint, format=cfg.checkpoint_format)
+        load_dit_weights(model, checkpoint, format=cfg.checkpoint_format)
         model = model.to(device=run.device, dtype=run.dtype)
     else:  # random weights drawn where they live: no 20 GB detour through host memory for the 5B
         log.warning("model.checkpoint is not set: the DiT has random weights")
         model = model.to(dtype=run.dtype).to_empty(device=run.device)
         _seeded_init(model, run.experiment.run.seed)
     model = model.eval().requires_grad_(False)
-    run.hook.longlive_load_adapters(model=model, role=role, run=run)  # inference: merge LoRA first,
-    run.hook.longlive_quantize_model(model=model, role=role, run=run)  # then quantize
+    if training:
+        run.hook.longlive_quantize_model(model=model, role=role, run=run)
+        run.hook.longlive_load_adapters(model=model, role=role, run=run)
+    else:
+        run.hook.longlive_load_adapters(model=model, role=role, run=run)
+        run.hook.longlive_quantize_model(model=model, role=role, run=run)
     if cfg.compile:
         model.compile_blocks()
     log.info("DiT %s: %.2f M parameters, %s on %s, attention %s", preset.name,

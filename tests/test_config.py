@@ -55,7 +55,7 @@ def test_cli_subprocess_prints_no_traceback():
 
 
 def test_overrides_apply_before_validation(tmp_path):
-    from conftest import DEBUG_EXPERIMENT
+    from debug_experiment import DEBUG_EXPERIMENT
 
     path = tmp_path / "x.toml"
     path.write_text(dumps_toml(DEBUG_EXPERIMENT))
@@ -64,7 +64,7 @@ def test_overrides_apply_before_validation(tmp_path):
 
 
 def test_resolved_experiment_round_trips():
-    from conftest import DEBUG_EXPERIMENT
+    from debug_experiment import DEBUG_EXPERIMENT
 
     exp = experiment_from_table(DEBUG_EXPERIMENT)
     table = experiment_to_table(exp, {})
@@ -74,7 +74,7 @@ def test_resolved_experiment_round_trips():
 
 
 def test_strings_are_never_split_into_lists():
-    from conftest import DEBUG_EXPERIMENT
+    from debug_experiment import DEBUG_EXPERIMENT
 
     table = {**DEBUG_EXPERIMENT, "run": {**DEBUG_EXPERIMENT["run"], "plugins": "head"}}
     with pytest.raises(ConfigError, match="run.plugins: expected a list"):

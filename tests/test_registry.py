@@ -5,7 +5,7 @@ import attrs
 import pluggy
 import pytest
 
-from conftest import DEBUG_EXPERIMENT
+from debug_experiment import DEBUG_EXPERIMENT
 from longlive.components import ComponentRegistry
 from longlive.config import experiment_from_table
 from longlive.errors import ConfigError, PluginError

@@ -169,9 +169,12 @@ def longlive_run_end(run: RunContext, result: dict) -> None:
 
 @hookspec(firstresult=True)
 def longlive_make_objective(run: RunContext) -> Any | None:
-    """Return the training objective `(model, batch) -> (loss, metrics)`.
+    """Return the training objective `(model, batch, generator) -> (loss, metrics)`.
 
-    First result wins; the core's teacher-forcing flow-matching loss is registered trylast.
+    `batch` holds "latents" [B, C, F, H, W], "context" [B, chunks, L, D] and "seeds" (one per
+    sample; the objective re-seeds `generator` from them, so noise and timesteps do not depend on
+    how a batch is split over ranks or accumulation steps). First result wins; the core's
+    flow-matching loss (teacher forcing or bidirectional) is registered trylast.
     """
 
 

@@ -22,7 +22,7 @@ training weights, which LongLive 2.0 uses): on the grid above
 
     y_i = exp(-2 ((t_i - 500) / 1000)^2),    y'_i = y_i - min_j y_j,    w_i = y'_i / mean_j y'_j
 
-a bump centred at t = 500, zero at the grid point farthest from 500 (t ~ 999 at shift 5), and
+a bump centred at t = 500, zero at the grid point farthest from 500 (t = 1000 at shift 5), and
 mean 1 over the grid, so E[w] = 1 under uniform index sampling. "uniform" is w = 1.
 
 Randomness: every sample carries a seed (DataStream derives it from run.seed and the sample's

@@ -108,14 +108,13 @@ class Trainer:
 
     def _build_model(self) -> None:
         from longlive.generate import build_model
-        from longlive.model.convert import load_dit_weights
 
         run, cfg = self.run, self.config
-        model = build_model(run, role="generator").float()
-        if cfg.init_from is not None:
-            load_dit_weights(model, resolve_path(cfg.init_from, run), run.experiment.model.checkpoint_format,
-                             where="train.init_from")
-        self.model = model.train().requires_grad_(True)
+        init = str(resolve_path(cfg.init_from, run)) if cfg.init_from is not None else None
+        model = build_model(run, role="generator", training=True, checkpoint=init).float().train()
+        if not any(p.requires_grad for p in model.parameters()):  # no adapter plugin: train everything
+            model.requires_grad_(True)
+        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay)

@@ -1,6 +1,6 @@
 """torchrun entry of test_ddp.py: train the toy run on this rank, then compare parameters across ranks.
 
-Usage: python -m torch.distributed.run --standalone --nproc_per_node=2 ddp_worker.py SHARDS OUT.json BATCH ACCUM STEPS
+Usage: python -m torch.distributed.run --standalone --nproc_per_node=2 ddp_worker.py SHARDS OUT.json BATCH ACCUM STEPS [DEVICE]
 Rank 0 writes OUT.json: {"losses": [...], "max_param_diff": max |p_rank0 - p_rank1|, "world_size": N}.
 """
 from __future__ import annotations
@@ -14,13 +14,15 @@ import torch.distributed as dist
 from toy_setup import make_toy_run, toy_table
 
 
-def main(shards: str, out: str, batch: int, accum: int, steps: int) -> None:
+def main(shards: str, out: str, batch: int, accum: int, steps: int, device: str = "cpu") -> None:
     from longlive.distributed import init_distributed, shutdown
     from longlive.train.config import train_config
     from longlive.train.trainer import Trainer
 
     torch.set_num_threads(1)
-    run = make_toy_run(toy_table(shards, batch_size=batch, grad_accum=accum, steps=steps), None)
+    table = toy_table(shards, batch_size=batch, grad_accum=accum, steps=steps)
+    table["run"]["device"] = device
+    run = make_toy_run(table, None)
     run.task_config = train_config(run)
     info, run.device = init_distributed(run.device)
     try:
@@ -28,7 +30,10 @@ def main(shards: str, out: str, batch: int, accum: int, steps: int) -> None:
         result = trainer.fit()
         flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         gathered = [torch.empty_like(flat) for _ in range(info.world_size)]
-        dist.all_gather(gathered, flat)
+        if info.distributed:
+            dist.all_gather(gathered, flat)
+        else:
+            gathered = [flat]
         diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
         if info.is_main:
             with open(out, "w") as f:
@@ -38,4 +43,4 @@ def main(shards: str, out: str, batch: int, accum: int, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]))
+    main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), *sys.argv[6:7])

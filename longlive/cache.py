@@ -25,6 +25,18 @@ Protocol, per chunk i (`KVCache`):
 3. `cache.commit(kv)`: the working slot now holds chunk i (the contents written by the last
    forward, normally the clean t=0 pass); later plans see it.
 
+Two optional plan fields serve policies beyond the plain window (the attn_sink plugin):
+- KV-cache-relative RoPE (`ChunkPlan.slot_rope_frames`): a plan may give every visible slot the
+  temporal RoPE position its keys must carry during the chunk. The cache remembers the position
+  each slot's keys were written or last turned at, and in `begin` turns the keys whose position
+  moved, in place: RoPE rotations compose, R(a + d) = R(d) R(a), so one more rotation by the
+  table of frame d (spatial pairs turn by 0) moves roped keys from frame a to a + d. Each turn
+  rounds to the storage dtype once, so a policy should move a chunk a bounded number of times.
+- A narrower clean pass (`ChunkPlan.context_slots`): the pipeline asks `cache.context(kv)` for
+  the chunk's clean t=0 pass, which may see fewer slots than its denoising forwards (a scene cut
+  that drops the previous shot from the cache re-caches the cut chunk without it).
+`cache.recache(plan)` re-writes an already committed chunk's slot (re-cache under a new prompt).
+
 Storages (e.g. NVFP4) and policies (sinks, relative RoPE) are plugged in through the small
 `KVStorage` and `CachePolicy` protocols below.
 """
@@ -37,6 +49,7 @@ import attrs
 import torch
 
 from longlive.errors import ConfigError, LongLiveError
+from longlive.model.rope import apply_rope, rope_tables
 
 if TYPE_CHECKING:
     from longlive.geometry import Geometry
@@ -58,6 +71,7 @@ class CacheSpec:
     num_slots: int
     dtype: torch.dtype = torch.bfloat16
     device: torch.device = attrs.field(default=torch.device("cpu"), converter=torch.device)
+    rope_theta: float = 10000.0  # the model's RoPE base, to re-rotate cached keys (relative RoPE)
 
     @property
     def tokens(self) -> int:
@@ -80,7 +94,7 @@ class CacheSpec:
             )
         return cls(num_layers=config.num_layers, batch=batch, num_heads=config.num_heads,
                    head_dim=config.head_dim, chunk_tokens=geometry.chunk_tokens, frames_per_chunk=fpc,
-                   num_slots=window_frames // fpc, dtype=dtype, device=device)
+                   num_slots=window_frames // fpc, dtype=dtype, device=device, rope_theta=config.rope_theta)
 
 
 # ---- Storage ---------------------------------------------------------------------------------
@@ -147,12 +161,20 @@ class BF16Storage:
 
 @attrs.frozen
 class ChunkPlan:
-    """Where chunk `chunk_index` writes, what it sees, and its temporal RoPE start."""
+    """Where chunk `chunk_index` writes, what it sees, and its temporal RoPE start.
+
+    Optional (see the module docstring): `slot_rope_frames`, aligned with `visible_slots`, the
+    temporal RoPE start each visible slot's keys must carry during this chunk (None: keys keep
+    the position they were written at); `context_slots`, the visible slots of the clean t=0 pass
+    when they differ (a subset holding the working slot; None: `visible_slots`).
+    """
 
     chunk_index: int
     working_slot: int
     visible_slots: tuple[int, ...]  # includes working_slot
     rope_start_frame: int
+    slot_rope_frames: tuple[int, ...] | None = None
+    context_slots: tuple[int, ...] | None = None
 
 
 @runtime_checkable
@@ -242,12 +264,35 @@ class KVCache:
         self.spec = spec
         self.storage = storage if storage is not None else BF16Storage(spec)
         self.policy = policy if policy is not None else SlidingWindowPolicy(spec.num_slots, spec.frames_per_chunk)
+        self.slot_frames: list[int | None] = [None] * spec.num_slots  # RoPE start the keys of each slot carry
         log.debug("KV cache: %d slots x %d tokens, %.2f GB", spec.num_slots, spec.chunk_tokens, self.nbytes / 1e9)
 
     def begin(self, chunk_index: int) -> ChunkKV:
         """Start chunk `chunk_index`: plan it; the cache's visible contents are unchanged."""
         plan = self.policy.plan(chunk_index)
         assert plan.working_slot in plan.visible_slots, plan
+        self._reposition(plan)
+        return ChunkKV(self, plan)
+
+    def context(self, chunk_kv: ChunkKV) -> ChunkKV:
+        """The ChunkKV of the chunk's clean t=0 pass: the same one unless the plan narrows it."""
+        plan = chunk_kv.plan
+        if plan.context_slots is None:
+            return chunk_kv
+        assert plan.working_slot in plan.context_slots and set(plan.context_slots) <= set(plan.visible_slots), plan
+        return ChunkKV(self, attrs.evolve(plan, visible_slots=plan.context_slots, context_slots=None,
+                                          slot_rope_frames=None))  # keys were placed by begin()
+
+    def recache(self, plan: ChunkPlan) -> ChunkKV:
+        """A ChunkKV whose forwards re-write the slot of the already committed chunk `plan.chunk_index`.
+
+        For re-cache (re-running committed chunks under a new prompt): its forwards overwrite
+        `plan.working_slot` in place and attend to `plan.visible_slots`. Never commit it: what
+        later chunks see does not change, only the contents of a slot they already see.
+        """
+        assert plan.working_slot in plan.visible_slots, plan
+        self._reposition(plan)
+        self.slot_frames[plan.working_slot] = plan.rope_start_frame
         return ChunkKV(self, plan)
 
     def commit(self, chunk_kv: ChunkKV) -> None:
@@ -255,10 +300,39 @@ class KVCache:
         if chunk_kv.cache is not self:
             raise LongLiveError("KVCache.commit: this ChunkKV was begun on another cache")
         self.policy.commit(chunk_kv.plan)
+        self.slot_frames[chunk_kv.plan.working_slot] = chunk_kv.plan.rope_start_frame
 
     def reset(self) -> None:
         """Start a new video: forget all chunks (the buffers are kept and overwritten)."""
         self.policy.reset()
+        self.slot_frames = [None] * self.spec.num_slots
+
+    def _reposition(self, plan: ChunkPlan) -> None:
+        """Turn cached keys to the RoPE positions `plan.slot_rope_frames` asks for (relative RoPE)."""
+        if plan.slot_rope_frames is None:
+            return
+        assert len(plan.slot_rope_frames) == len(plan.visible_slots), plan
+        for slot, frame in zip(plan.visible_slots, plan.slot_rope_frames):
+            held = self.slot_frames[slot]
+            if slot == plan.working_slot or held == frame:
+                continue
+            if held is None:
+                raise LongLiveError(f"KV cache: chunk {plan.chunk_index} sees slot {slot}, which holds no chunk")
+            self.rotate_keys(slot, frame - held)
+            self.slot_frames[slot] = frame
+
+    def rotate_keys(self, slot: int, delta_frames: int) -> None:
+        """Move the keys of `slot` (every layer) by `delta_frames` temporal RoPE positions, in place.
+
+        Goes through the storage's read and write, so every storage supports it (a quantized
+        storage re-quantizes); V is written back unchanged.
+        """
+        spec = self.spec
+        cos, sin = rope_tables(1, 1, 1, spec.head_dim, start_frame=delta_frames, device=spec.device,
+                               theta=spec.rope_theta)  # [1, D/2]; the spatial pairs turn by 0
+        for layer in range(spec.num_layers):
+            k, v = self.storage.read(layer, (slot,))  # [B, T, H, D]
+            self.storage.write(layer, slot, apply_rope(k, cos, sin), v)
 
     @property
     def nbytes(self) -> int:

@@ -99,6 +99,7 @@ class ChunkLoop:
     def commit(self, x0: torch.Tensor, context: torch.Tensor, kv: Any) -> None:
         """Clean context pass at t=0 (writes clean K/V into the chunk's slot), then commit."""
         state = self.state
+        kv = state.cache.context(kv)  # the policy may narrow what the clean pass sees (a cut clearing the window)
         x, t = self._model_input(x0, 0.0)
         state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), context, text_embedded=True, kv=kv)
         state.cache.commit(kv)

@@ -81,6 +81,11 @@ def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir:
     device = resolve_device(experiment.run.device, check_available=create_dir)  # validate checks config only
     run = RunContext(experiment=experiment, pm=pm, components=components, plugin_configs=configs,
                      device=device, dtype=resolve_dtype(experiment.run.dtype, device))
+    if experiment.run.task == "train":  # structure [train] now, so validate catches its mistakes too
+        from longlive.train.config import train_config
+
+        run.task_config = train_config(run)
+        run.task_config.check(experiment.sampler.frames_per_chunk)
     if create_dir:
         run.run_dir = run_dir or _new_run_dir(experiment)
         run.run_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ class TrainConfig:
     eval_data: str | None = None  # prompts for evaluation come from its first sample (default: data)
     num_frames: int = attrs.field(default=16, validator=at_least(1))  # per sample; multiple of frames_per_chunk
     steps: int = attrs.field(default=1000, validator=at_least(1))  # optimizer steps
+    max_seconds: float | None = None  # wall-clock budget: stop (save, evaluate, export) at the next log step
     batch_size: int = attrs.field(default=1, validator=at_least(1))  # samples per rank per micro-step
     grad_accum: int = attrs.field(default=1, validator=at_least(1))  # micro-steps per optimizer step
     lr: float = attrs.field(default=1e-5, validator=in_range(0.0, 1.0))

@@ -182,11 +182,12 @@ class Trainer:
             steps = progress(steps, desc="train", total=len(steps), unit="step")
         window: dict[str, torch.Tensor] = {}
         self._tokens, self._clock, count = 0, time.perf_counter(), 0
+        started = time.perf_counter()
         for _ in steps:
             for key, value in self.train_step().items():
                 window[key] = window.get(key, 0.0) + value
             count += 1
-            last = self.step == cfg.steps
+            last = self.step == cfg.steps or (self.step % cfg.log_every == 0 and self._out_of_time(started))
             if self.step % cfg.log_every == 0 or last:
                 self.log_window(window, count)
                 window, count = {}, 0
@@ -194,7 +195,20 @@ class Trainer:
                 self.save()
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
                 self.evaluate()
+            if last:
+                break
         return self.finish()
+
+    def _out_of_time(self, started: float) -> bool:
+        """train.max_seconds is spent (decided on rank 0, so every rank stops at the same step)."""
+        if self.config.max_seconds is None:
+            return False
+        flag = torch.tensor(float(time.perf_counter() - started > self.config.max_seconds), device=self.run.device)
+        if self.info.distributed:
+            torch.distributed.broadcast(flag, src=0)
+        if flag.item():
+            log.info("train.max_seconds = %s reached at step %d: stopping", self.config.max_seconds, self.step)
+        return bool(flag.item())
 
     def log_window(self, window: dict[str, torch.Tensor], count: int) -> None:
         """Average the window's metrics over steps and ranks; rank 0 logs them."""

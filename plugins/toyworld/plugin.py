@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -25,7 +26,7 @@ class ToyWorldConfig:
     score: bool = True  # score generated videos with ToyBench (task generate)
     segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
     # The `toy_data` task: webdataset shards of rendered multi-shot clips.
-    data_dir: str = "data/toy"  # relative to the working directory
+    data_dir: str = "data/toy"  # relative to the experiment file
     train_clips: int = attrs.field(default=2000, validator=at_least(1))
     heldout_clips: int = attrs.field(default=64, validator=at_least(0))
     clip_frames: int = attrs.field(default=64, validator=at_least(2))  # pixel frames per clip
@@ -97,15 +98,17 @@ class ToyWorld:
         from longlive_plugins.toyworld.shards import write_shards
 
         c = self.config
+        base = run.experiment.source.parent if run.experiment.source is not None else Path.cwd()
+        data_dir = base / c.data_dir
         out = {}
         for split, clips in (("train", c.train_clips), ("heldout", c.heldout_clips)):  # disjoint seeds by split
             if clips:
                 out[split] = [str(p) for p in write_shards(
-                    f"{c.data_dir}/{split}", num_clips=clips, clips_per_shard=c.clips_per_shard,
+                    data_dir / split, num_clips=clips, clips_per_shard=c.clips_per_shard,
                     seed=run.experiment.run.seed, split=split, frames=c.clip_frames, size=c.size, fps=c.fps,
                     max_shots=c.max_shots, chunk_frames=run.experiment.sampler.frames_per_chunk,
                     temporal_factor=c.temporal_factor)]
-        return {"shards": out, "summary": f"wrote toy shards to {c.data_dir}"}
+        return {"shards": out, "summary": f"wrote toy shards to {data_dir}"}
 
     @hookimpl
     def longlive_run_end(self, run, result: dict) -> None:

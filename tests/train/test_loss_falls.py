@@ -39,3 +39,12 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     logged = losses.scalars[STEPS]
     assert {"train/grad_norm", "train/lr", "train/tokens_per_s"} <= set(logged)
     assert "eval/toybench/overall/color" in logged  # evaluation ran the chunk loop and ToyBench
+
+
+def test_wall_clock_budget_stops_at_a_log_step_and_still_exports(tmp_path):
+    data = write_toy_shards(tmp_path / "shards", num_clips=8, clips_per_shard=8, frames=8)
+    table = toy_table(data, steps=1000, batch_size=2, log_every=3, max_seconds=0.0)
+    run = make_run(experiment_from_table(table), run_dir=tmp_path / "run")
+    result = run_task(run)
+    assert result["steps"] == 3  # the first log step after the (zero) budget
+    assert (tmp_path / "run" / "model.safetensors").is_file()

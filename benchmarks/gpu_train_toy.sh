@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_train_toy.sh pretrain   -> $OUT/toy_pretrain.safetensors (+ log, result)
 #   bash benchmarks/gpu_train_toy.sh ar         -> $OUT/toy_ar.safetensors; needs
 #        runs/toy_pretrain/model.safetensors (carried from the pretrain stage)
+#   bash benchmarks/gpu_train_toy.sh ar2        -> $OUT/toy_ar2.safetensors; needs runs/toy_ar/model.safetensors
 # The recipes are experiments/toy/{data,pretrain,train_ar}.toml; only the wall-clock budget
 # (train.max_seconds) is set here, so a stage always ends inside one call.
 set -euo pipefail
@@ -17,6 +18,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
 case $stage in
   pretrain) exp=experiments/toy/pretrain.toml; dir=runs/toy_pretrain ;;
   ar) exp=experiments/toy/train_ar.toml; dir=runs/toy_ar ;;
+  ar2) exp=experiments/toy/train_ar2.toml; dir=runs/toy_ar2 ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
 python3 -m longlive run "$exp" --run-dir "$dir" --set train.steps=100000 --set train.max_seconds="$budget" 2>&1 \

@@ -7,10 +7,11 @@ With g = sink chunks, p = shot-sink chunks, N = slots (the whole budget, `window
 - the shot sink: chunks s .. s+p-1 generated so far, pinned while the shot lasts (a shot start
   re-binds it; shot 0's sink overlaps the global sink);
 - the local window: itself and the newest other chunks still cached, until N chunks are visible.
-A chunk that is not visible to chunk i is never visible again, so its slot is free: chunk i
-works in the lowest slot holding no visible chunk. The first chunks fill slots 0, 1, 2, ..., and
-once the budget is full all N slots are visible: one contiguous view, copied never (as the plain
-window). With g = p = 0 this is the core's SlidingWindowPolicy, plan for plan.
+Chunk i works in the lowest slot holding none of the chunks it sees; a chunk whose slot is
+overwritten is gone, and visibility only ever reaches chunks still held in a slot. The first
+chunks fill slots 0, 1, 2, ..., and once the budget is full all N slots are visible: one
+contiguous view, never copied (as the plain window). With g = p = 0 this is the core's
+SlidingWindowPolicy, plan for plan.
 
 Scene cuts with `clear_window_on_cut` (LongLive's `shot_clean_recache`): the cut chunk s is
 denoised with the previous window, but its clean t=0 pass sees only the global sink and itself
@@ -23,8 +24,8 @@ Temporal RoPE positions (frames):
 - relative (`relative_rope`): positions are laid out over the visible chunks only, in chunk
   order at 0, f, 2f, ... (f = frames_per_chunk), plus rope_shift_frames at each shot change
   between neighbours. Positions stay below N * (f + rope_shift_frames) however long the video;
-  the cache turns cached keys in place when their position moves (longlive/cache.py), a bounded
-  number of times per chunk (sinks settle at fixed positions). With no sinks and no cuts that
+  the cache turns cached keys in place when their position moves (longlive/cache.py), a few
+  times per cached chunk (window chunks move down until they leave; sinks settle). With no sinks and no cuts that
   clear the window, the layout is the absolute one shifted by a constant, which attention does
   not see.
 """
@@ -129,10 +130,6 @@ class SinkPolicy:
     def cached_chunks(self) -> tuple[int, ...]:
         """Committed chunks still held in a slot (ascending)."""
         return tuple(sorted(s.chunk for s in self.slots if s is not None))
-
-    def is_sink(self, chunk: int) -> bool:
-        """Whether `chunk` is pinned now: in the global sink or the current shot's sink."""
-        return self._is_pinned(chunk)
 
     def recache_plans(self, chunk_index: int, *, include_sinks: bool) -> list[ChunkPlan]:
         """Plans that re-write the cached chunks chunk `chunk_index` will see, oldest first.

@@ -116,7 +116,8 @@ def test_relative_rope_turns_cached_keys_to_their_new_positions(model):
         model.forward_chunk(torch.randn(1, 48, FPC, 4, 4, generator=g), torch.zeros(1, FPC), ctx, kv=kv,
                             text_embedded=True)
         cache.commit(kv)
-        span = slice(kv.plan.working_slot * cache.spec.chunk_tokens, (kv.plan.working_slot + 1) * cache.spec.chunk_tokens)
+        slot, tokens = kv.plan.working_slot, cache.spec.chunk_tokens
+        span = slice(slot * tokens, (slot + 1) * tokens)
         written[i] = (kv.plan.rope_start_frame, cache.storage.k[:, :, span].clone())
     assert moved > 10  # keys really were turned
     assert max(cache.slot_frames) <= 3 * (FPC + 3)
@@ -139,7 +140,8 @@ def test_identity_generation_equals_the_core(tmp_path):
              "--set", "plugins.attn_sink.shot_sink_frames=2"]
     for name, extra in (("core", []), ("neutral", neutral), ("sinks", sinks)):
         assert main([*base, *extra, "--run-dir", str(tmp_path / name)]) == 0
-    core, neutral_, sinks_ = (load_file(tmp_path / n / "latents.safetensors")["latents"] for n in ("core", "neutral", "sinks"))
+    core, neutral_, sinks_ = (load_file(tmp_path / n / "latents.safetensors")["latents"]
+                              for n in ("core", "neutral", "sinks"))
     assert torch.equal(core, neutral_)
     assert not torch.allclose(core, sinks_)  # the sinks do change what is generated
     assert "sink_frames = 0" in (tmp_path / "neutral" / "experiment.toml").read_text()
@@ -150,3 +152,22 @@ def _script(tmp_path):
     path = tmp_path / "three_shots.toml"
     path.write_text("\n".join(f'[[shot]]\nprompt = "shot {i}"\nframes = 4\n' for i in range(3)))
     return path
+
+
+def test_rotate_keys_moves_roped_keys_to_another_frame(model):
+    """Independent of the policy: keys roped at frame a, turned by d, equal the same keys roped at a + d."""
+    cache = KVCache(make_spec(model, 2, batch=1))
+    head_dim, heads = model.config.head_dim, model.config.num_heads
+    g = torch.Generator().manual_seed(7)
+    raw = torch.randn(1, cache.spec.chunk_tokens, heads, head_dim, generator=g)  # unroped keys [B, T, H, D]
+    grid = (FPC, 2, 2)  # (frames, height tokens, width tokens) of one chunk
+    for a, d in ((6, 5), (40, -37), (0, 1000)):
+        v = torch.randn(raw.shape, generator=g)
+        for layer in range(cache.spec.num_layers):
+            cache.storage.write(layer, 1, apply_rope(raw, *rope_tables(*grid, head_dim, start_frame=a)), v)
+        cache.rotate_keys(1, d)
+        want = apply_rope(raw, *rope_tables(*grid, head_dim, start_frame=a + d))
+        for layer in range(cache.spec.num_layers):
+            k, v_read = cache.storage.read(layer, (1,))
+            torch.testing.assert_close(k, want, atol=2e-5, rtol=1e-5)
+            assert torch.equal(v_read, v)

@@ -10,13 +10,14 @@ import logging
 import time
 from typing import Any
 
+import attrs
 import torch
 
 from longlive.cache import CacheSpec, KVCache
 from longlive.geometry import Geometry
 from longlive.monitor import progress
 from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
-from longlive.prompts import chunk_prompts, load_prompt_script, single_prompt
+from longlive.prompts import ChunkPrompt, chunk_prompts, load_prompt_script, single_prompt
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,59 @@ def build_cache(run: Any, preset: Any, geometry: Geometry, batch: int) -> KVCach
     return cache
 
 
+@attrs.frozen
+class Parts:
+    """What generation needs besides the prompts, built once per run."""
+
+    model: torch.nn.Module
+    codec: Any
+    text: Any  # the text encoder
+    sampler: Any
+    geometry: Geometry
+    latent_channels: int
+
+
+def build_parts(run: Any, model: torch.nn.Module | None = None) -> Parts:
+    """Codec, text encoder, sampler and (unless given) the DiT named by the experiment."""
+    exp, s = run.experiment, run.experiment.sampler
+    preset = run.components.get("dit_preset", exp.model.preset, where="model.preset").value
+    codec_spec = run.components.get("codec", exp.model.codec, where="model.codec").value
+    text = run.components.get("text_encoder", exp.model.text_encoder, where="model.text_encoder").value(run)
+    sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
+    codec = codec_spec.build(run)
+    return Parts(model=model if model is not None else build_model(run), codec=codec, text=text, sampler=sampler,
+                 geometry=geometry_for(run, codec_spec, preset), latent_channels=codec_spec.latent_channels)
+
+
+def render(run: Any, parts: Parts, schedule: list[ChunkPrompt], *, batch: int = 1,
+           image_latent: torch.Tensor | None = None,
+           show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[ChunkPrompt]]:
+    """Generate the chunks of `schedule` with a fresh cache.
+
+    Returns (video [B, 3, T, H, W] in [-1, 1], latents [B, C, F, h, w], the prompts actually used
+    per chunk: a live prompt source may have replaced scheduled ones).
+    """
+    s = run.experiment.sampler
+    preset = parts.model.config
+    state = GenerationState(model=parts.model, cache=build_cache(run, preset, parts.geometry, batch),
+                            sampler=parts.sampler, encode_text=parts.text.encode, batch=batch, guidance=s.guidance,
+                            negative_prompt=s.negative_prompt, image_latent=image_latent)
+    decoder = run.hook.longlive_make_decoder(codec=parts.codec, run=run)
+    loop = ChunkLoop(state, run.hook, run)
+    shape = parts.geometry.latent_shape(s.frames_per_chunk, parts.latent_channels, batch)  # [B, C, f, h, w]
+    chunks = progress(schedule, desc="chunks", unit="chunk") if show_progress else schedule
+    latents, used = [], []
+    with torch.inference_mode():
+        for chunk in chunks:
+            x0 = loop.step(chunk, chunk_noise(shape, chunk.index, run.experiment.run.seed, run.device, run.dtype))
+            decoder.push(chunk.index, x0)
+            latents.append(x0)
+            used.append(attrs.evolve(chunk, prompt=state.prompt))
+        return decoder.finish(), torch.cat(latents, dim=2), used
+
+
 def generate_video(run: Any) -> dict:
+    """The generate task: inputs are checked before any weights load."""
     exp = run.experiment
     s, g = exp.sampler, exp.generate
     preset = run.components.get("dit_preset", exp.model.preset, where="model.preset").value
@@ -92,28 +145,13 @@ def generate_video(run: Any) -> dict:
     schedule = chunk_prompts(script, num_frames=s.num_frames, frames_per_chunk=s.frames_per_chunk,
                              where="generate.prompt_script" if g.prompt_script else "generate.prompt")
     image = _read_image(g.image, s) if g.image else None
-    text = run.components.get("text_encoder", exp.model.text_encoder, where="model.text_encoder").value(run)
-    sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
-    codec = codec_spec.build(run)
-    model = build_model(run)
+    parts = build_parts(run)
     image_latent = None
     if image is not None:  # I2V: the image becomes latent frame 0 (a 1-frame encode)
-        image_latent = codec.encode(image[None, :, None].expand(g.batch, -1, -1, -1, -1).to(run.device, run.dtype))
-    state = GenerationState(model=model, cache=build_cache(run, preset, geometry, g.batch), sampler=sampler,
-                            encode_text=text.encode, batch=g.batch, guidance=s.guidance,
-                            negative_prompt=s.negative_prompt, image_latent=image_latent)
-    decoder = run.hook.longlive_make_decoder(codec=codec, run=run)
-    loop = ChunkLoop(state, run.hook, run)
-    shape = geometry.latent_shape(s.frames_per_chunk, codec_spec.latent_channels, g.batch)
-    latents, started = [], time.perf_counter()
-    with torch.inference_mode():
-        for chunk in progress(schedule, desc="chunks", unit="chunk"):
-            x0 = loop.step(chunk, chunk_noise(shape, chunk.index, exp.run.seed, run.device, run.dtype))
-            decoder.push(chunk.index, x0)
-            latents.append(x0)
-        video = decoder.finish()  # [B, 3, T, H, W] in [-1, 1]
-    elapsed = time.perf_counter() - started
-    return _write_outputs(run, video, torch.cat(latents, dim=2), schedule, elapsed, geometry)
+        image_latent = parts.codec.encode(image[None, :, None].expand(g.batch, -1, -1, -1, -1).to(run.device, run.dtype))
+    started = time.perf_counter()
+    video, latents, used = render(run, parts, schedule, batch=g.batch, image_latent=image_latent)
+    return _write_outputs(run, video, latents, used, time.perf_counter() - started, geometry)
 
 
 def _read_image(path: str, s: Any) -> torch.Tensor:

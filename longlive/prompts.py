@@ -106,3 +106,17 @@ def chunk_prompts(script: PromptScript, *, num_frames: int, frames_per_chunk: in
             prompt = switches.get(local, prompt)
             out.append(ChunkPrompt(len(out), prompt, shot_index, shot_start=local == 0, switch=switched))
     return out
+
+
+def pixel_schedule(chunks: list[ChunkPrompt], *, frames_per_chunk: int, temporal_stride: int) -> list[tuple[int, str]]:
+    """[(first pixel frame, prompt)] wherever the prompt changes: the form video metrics read.
+
+    Chunk c starts at latent frame c * frames_per_chunk; a causal codec decodes latent frame
+    f > 0 to pixel frames from 1 + stride * (f - 1) on (frame 0 is one pixel frame).
+    """
+    out = []
+    for i, c in enumerate(chunks):
+        if i == 0 or c.prompt != chunks[i - 1].prompt:
+            first = c.index * frames_per_chunk
+            out.append((0 if first == 0 else 1 + temporal_stride * (first - 1), c.prompt))
+    return out

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import torch
 
-from longlive.prompts import ChunkPrompt
+from longlive.prompts import ChunkPrompt, pixel_schedule
 
 log = logging.getLogger(__name__)
 
@@ -37,37 +37,17 @@ def eval_prompts(run: Any, config: Any) -> tuple[list[ChunkPrompt], float]:
 
 def generate_eval_video(run: Any, model: torch.nn.Module, codec: Any, text_encoder: Any,
                         chunks: list[ChunkPrompt]) -> torch.Tensor:
-    """Generate one video (batch 1) chunk by chunk; returns [3, T, H, W] in [-1, 1] on the CPU."""
-    from longlive.generate import build_cache, geometry_for
-    from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
+    """Generate one video (batch 1) through the generation path; returns [3, T, H, W] in [-1, 1] on the CPU."""
+    from longlive.generate import Parts, geometry_for, render
     from longlive.tasks import dit_preset
 
     exp, s = run.experiment, run.experiment.sampler
     spec = run.components.get("codec", exp.model.codec, where="model.codec").value
-    preset = dit_preset(run)
-    geometry = geometry_for(run, spec, preset)
     sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
-    state = GenerationState(model=model, cache=build_cache(run, preset, geometry, 1), sampler=sampler,
-                            encode_text=text_encoder.encode, batch=1, guidance=s.guidance,
-                            negative_prompt=s.negative_prompt)
-    loop = ChunkLoop(state, run.hook, run)
-    decoder = run.hook.longlive_make_decoder(codec=codec, run=run)
-    shape = geometry.latent_shape(s.frames_per_chunk, spec.latent_channels, 1)  # [1, C, f, h, w]
-    with torch.inference_mode():
-        for chunk in chunks:
-            noise = chunk_noise(shape, chunk.index, exp.run.seed, run.device, run.dtype)
-            decoder.push(chunk.index, loop.step(chunk, noise))
-        return decoder.finish()[0].float().cpu()
-
-
-def pixel_schedule(chunks: list[ChunkPrompt], *, frames_per_chunk: int, temporal_stride: int) -> list[tuple[int, str]]:
-    """[(first pixel frame, caption)] of every chunk whose prompt differs from the previous one."""
-    out = []
-    for c in chunks:
-        if c.index == 0 or c.prompt != chunks[c.index - 1].prompt:
-            first = c.index * frames_per_chunk
-            out.append((0 if first == 0 else 1 + temporal_stride * (first - 1), c.prompt))
-    return out
+    parts = Parts(model=model, codec=codec, text=text_encoder, sampler=sampler,
+                  geometry=geometry_for(run, spec, dit_preset(run)), latent_channels=spec.latent_channels)
+    video, _, _ = render(run, parts, chunks, show_progress=False)
+    return video[0].float().cpu()
 
 
 def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:

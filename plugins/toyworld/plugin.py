@@ -32,6 +32,9 @@ class ToyWorldConfig:
     clip_frames: int = attrs.field(default=64, validator=at_least(2))  # pixel frames per clip
     max_shots: int = attrs.field(default=3, validator=in_range(1, 8))
     clips_per_shard: int = attrs.field(default=250, validator=at_least(1))
+    # The `toy_eval` task: ToyBench on held-out prompts (clip length = sampler.num_frames).
+    eval_clips: int = attrs.field(default=16, validator=at_least(1))
+    eval_shots: int = attrs.field(default=1, validator=in_range(1, 8))
 
     def __attrs_post_init__(self) -> None:
         from longlive.errors import ConfigError
@@ -74,6 +77,7 @@ class ToyWorld:
         registry.add("text_encoder", "toy-words", self._build_text, summary="fixed word vectors, no download")
         registry.add("metric", "toybench", self.score, summary="ToyBench: colour, shape, motion, persistence")
         registry.add("task", "toy_data", self._make_data, summary="write toy-world webdataset shards")
+        registry.add("task", "toy_eval", self._evaluate, summary="ToyBench on held-out prompts")
         registry.add("dataset", "toy-shards", _toy_dataset, summary="toy-world shards (video + per-chunk captions)")
 
     def _build_codec(self, run) -> Any:
@@ -110,15 +114,21 @@ class ToyWorld:
                     temporal_factor=c.temporal_factor)]
         return {"shards": out, "summary": f"wrote toy shards to {data_dir}"}
 
+    def _evaluate(self, run) -> dict:
+        from longlive_plugins.toyworld.heldout import evaluate_heldout
+
+        return evaluate_heldout(run, self.config)
+
     @hookimpl
     def longlive_run_end(self, run, result: dict) -> None:
         if run.experiment.run.task != "generate" or not self.config.score or "video" not in result:
             return
         from longlive_plugins.toyworld.toybench import plot, score_video
 
-        stride = self.config.temporal_factor
-        fpc = run.experiment.sampler.frames_per_chunk
-        schedule = [(0 if c.index == 0 else 1 + stride * (c.index * fpc - 1), c.prompt) for c in result["schedule"]]
+        from longlive.prompts import pixel_schedule
+
+        schedule = pixel_schedule(result["schedule"], frames_per_chunk=run.experiment.sampler.frames_per_chunk,
+                                  temporal_stride=self.config.temporal_factor)
         scores = score_video(result["video"][0], fps=run.experiment.generate.fps, schedule=schedule,
                              segment_s=self.config.segment_s)
         result["toybench"] = scores.to_dict()

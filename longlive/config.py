@@ -104,7 +104,6 @@ class BenchConfig:
     measure_chunks: int = attrs.field(default=8, validator=at_least(1))
     profile_chunks: int = attrs.field(default=1, validator=at_least(0))  # profiled for the time split
     vae_chunks: int = attrs.field(default=4, validator=at_least(0))  # streaming-decode FPS
-    output: str | None = None  # also write the result JSON here (relative to the run dir)
 
 
 @attrs.frozen(kw_only=True)
@@ -158,34 +157,25 @@ def experiment_from_table(table: dict, *, source: Path | None = None) -> Experim
     plugins = table.get("plugins", {})
     if not isinstance(plugins, dict) or any(not isinstance(v, dict) for v in plugins.values()):
         raise ConfigError("plugins: must hold only tables, written [plugins.<name>]")
-    sections = {k: v for k, v in table.items() if k not in ("plugins", "train")}
-    exp = structure(sections, _SchemaView, where="")
-    run = exp.run
+    run = structure(table["run"], RunConfig, where="run")
+    model = structure(table.get("model", {}), ModelConfig, where="model")
+    sampler = structure(table.get("sampler", {}), SamplerConfig, where="sampler")
+    generate = structure(table["generate"], GenerateConfig, where="generate") if "generate" in table else None
+    bench = structure(table["bench"], BenchConfig, where="bench") if "bench" in table else None
     for name in plugins:
         if name not in run.plugins:
             raise ConfigError(f"plugins.{name}: a table is given but run.plugins does not list \"{name}\"; "
                               f"add it to run.plugins or remove the table")
     if len(set(run.plugins)) != len(run.plugins):
         raise ConfigError(f"run.plugins: lists a plugin twice: {list(run.plugins)}")
-    if run.task == "generate" and exp.generate is None:
+    if run.task == "generate" and generate is None:
         raise ConfigError("generate: missing table [generate] (task = \"generate\" needs a prompt or prompt_script)")
-    if run.task == "bench" and exp.bench is None:
+    if run.task == "bench" and bench is None:
         raise ConfigError("bench: missing table [bench] (task = \"bench\"); an empty [bench] takes the defaults")
     if run.task == "train" and "train" not in table:
         raise ConfigError("train: missing table [train] (task = \"train\")")
-    return Experiment(run=run, model=exp.model, sampler=exp.sampler, generate=exp.generate,
-                      bench=exp.bench, train=table.get("train"), plugins=dict(plugins), source=source)
-
-
-@attrs.frozen(kw_only=True)
-class _SchemaView:
-    """The core-owned tables, structured together (plugins and train are owned elsewhere)."""
-
-    run: RunConfig
-    model: ModelConfig = ModelConfig()
-    sampler: SamplerConfig = SamplerConfig()
-    generate: GenerateConfig | None = None
-    bench: BenchConfig | None = None
+    return Experiment(run=run, model=model, sampler=sampler, generate=generate, bench=bench,
+                      train=table.get("train"), plugins=dict(plugins), source=source)
 
 
 def _resolve_paths(table: dict, base: Path) -> dict:

@@ -50,7 +50,7 @@ def run_benchmark(run: Any) -> dict:
     sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
     state = GenerationState(model=model, cache=build_cache(run, preset, geometry, 1), sampler=sampler,
                             encode_text=text.encode, batch=1, guidance=s.guidance, negative_prompt=s.negative_prompt)
-    loop = ChunkLoop(state)
+    loop = ChunkLoop(state, run.hook, run)
     shape = geometry.latent_shape(s.frames_per_chunk, codec_spec.latent_channels)
     noise = [chunk_noise(shape, i, exp.run.seed, run.device, run.dtype) for i in range(chunks)]
     state.context("benchmark")  # embed the prompt before timing

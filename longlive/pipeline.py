@@ -58,31 +58,28 @@ class GenerationState:
 class ChunkLoop:
     """Advance a GenerationState chunk by chunk; `step(chunk, noise)` returns the clean latents."""
 
-    def __init__(self, state: GenerationState, hook: Any = None, run: Any = None) -> None:
-        self.state, self.hook, self.run = state, hook, run
+    def __init__(self, state: GenerationState, hook: Any, run: Any) -> None:
+        self.state, self.hook, self.run = state, hook, run  # hook: the plugin manager's hook relay
 
     def step(self, chunk: ChunkPrompt, noise: torch.Tensor) -> torch.Tensor:
         """Generate chunk `chunk.index` from `noise` [B, C, f, H, W]; returns x0 of the same shape."""
-        state = self.state
+        state, hook, run = self.state, self.hook, self.run
         state.chunk_index = chunk.index
         chunk = self._live_prompt(chunk)
-        if self.hook is not None and chunk.shot_start:
-            self.hook.longlive_shot_start(shot_index=chunk.shot_index, chunk_index=chunk.index, state=state, run=self.run)
-        if self.hook is not None and chunk.switch:
-            self.hook.longlive_prompt_switch(chunk_index=chunk.index, prompt=chunk.prompt, state=state, run=self.run)
+        if chunk.shot_start:
+            hook.longlive_shot_start(shot_index=chunk.shot_index, chunk_index=chunk.index, state=state, run=run)
+        if chunk.switch:
+            hook.longlive_prompt_switch(chunk_index=chunk.index, prompt=chunk.prompt, state=state, run=run)
         state.prompt = chunk.prompt
         context = state.context(chunk.prompt)
         kv = state.cache.begin(chunk.index)
         x0 = self.denoise(noise, context, kv)
         self.commit(x0, context, kv)
-        if self.hook is not None:
-            self.hook.longlive_chunk_done(index=chunk.index, latents=x0, state=state, run=self.run)
+        hook.longlive_chunk_done(index=chunk.index, latents=x0, state=state, run=run)
         return x0
 
     def _live_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
         """A live prompt source may replace the scheduled prompt; a change inside a shot is a switch."""
-        if self.hook is None:
-            return chunk
         live = self.hook.longlive_next_prompt(chunk=chunk, state=self.state, run=self.run)
         prompt = chunk.prompt if live is None else live
         switched = not chunk.shot_start and self.state.prompt is not None and prompt != self.state.prompt

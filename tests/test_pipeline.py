@@ -8,6 +8,7 @@ from longlive.geometry import Geometry
 from longlive.model.attention import block_causal_mask
 from longlive.pipeline import ChunkLoop, GenerationState
 from longlive.prompts import chunk_prompts, single_prompt
+from longlive.registry.manager import new_plugin_manager
 from longlive.sampling import make_sampler
 
 
@@ -39,7 +40,7 @@ def _loop(model, window_frames, chunks, fpc=2, guidance=1.0):
                             negative_prompt="")
     noise = torch.randn(1, 48, chunks * fpc, 8, 8, generator=g)
     schedule = chunk_prompts(single_prompt("p", chunks * fpc), num_frames=chunks * fpc, frames_per_chunk=fpc)
-    loop = ChunkLoop(state)
+    loop = ChunkLoop(state, new_plugin_manager().hook, run=None)
     x0 = torch.cat([loop.step(c, noise[:, :, c.index * fpc:(c.index + 1) * fpc]) for c in schedule], dim=2)
     return state, x0, text, geo
 

@@ -6,11 +6,13 @@ slots of one chunk each; a new chunk is written into a free slot, or into the sl
 that just left the window, and nothing is ever shifted, cloned or reallocated.
 
 Layout (`BF16Storage`). One buffer for K and one for V, each
-    [num_layers, B, num_slots * chunk_tokens, H, D]
-allocated once. Slot s of layer l is `buf[l, :, s*T:(s+1)*T]` (T = chunk_tokens). Reading a
-contiguous slot range is a view [B, n*T, H, D]; its [B, H, n*T, D] transpose is the "BSHD"
-stride layout that SDPA's cuDNN and flash kernels take without a copy. A non-contiguous slot
-set is concatenated (a copy); the default policy never asks for one.
+    [num_layers, B, H, num_slots * chunk_tokens, D]
+allocated once. Slot s of layer l is `buf[l, :, :, s*T:(s+1)*T]` (T = chunk_tokens). Reading a
+contiguous slot range is a view, returned as [B, n*T, H, D] (the protocol's layout) whose
+[B, H, n*T, D] transpose, the form attention kernels take, is contiguous: the keys the cuDNN
+kernel reads every forward are dense (benchmarks/attention_layout.py). Writing a chunk is one
+strided copy. A non-contiguous slot set is concatenated (a copy); the default policy never asks
+for one.
 
 Protocol, per chunk i (`KVCache`):
 1. `kv = cache.begin(i)`: the policy plans chunk i: its *working slot* (where its K/V go),
@@ -118,12 +120,12 @@ class KVStorage(Protocol):
 class BF16Storage:
     """Plain storage in `spec.dtype` (bf16 by default): one preallocated buffer per K and V.
 
-    Buffers are [num_layers, B, num_slots*chunk_tokens, H, D]; see the module docstring.
+    Buffers are [num_layers, B, H, num_slots*chunk_tokens, D]; see the module docstring.
     """
 
     def __init__(self, spec: CacheSpec) -> None:
         self.spec = spec
-        shape = (spec.num_layers, spec.batch, spec.tokens, spec.num_heads, spec.head_dim)
+        shape = (spec.num_layers, spec.batch, spec.num_heads, spec.tokens, spec.head_dim)
         self.k = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
         self.v = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
 
@@ -139,17 +141,17 @@ class BF16Storage:
                 f"k {tuple(k.shape)}, v {tuple(v.shape)}; build the cache from the same geometry and batch"
             )
         span = self._span(slot)
-        self.k[layer, :, span].copy_(k)
-        self.v[layer, :, span].copy_(v)
+        self.k[layer, :, :, span].copy_(k.transpose(1, 2))  # [B, T, H, D] -> [B, H, T, D]
+        self.v[layer, :, :, span].copy_(v.transpose(1, 2))
 
     def read(self, layer: int, slots: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         first, last = min(slots), max(slots)
         if last - first + 1 == len(slots):  # a contiguous range: a view, no copy
             span = slice(first * self.spec.chunk_tokens, (last + 1) * self.spec.chunk_tokens)
-            return self.k[layer, :, span], self.v[layer, :, span]
-        k = torch.cat([self.k[layer, :, self._span(s)] for s in sorted(slots)], dim=1)  # a copy
-        v = torch.cat([self.v[layer, :, self._span(s)] for s in sorted(slots)], dim=1)
-        return k, v
+            return self.k[layer, :, :, span].transpose(1, 2), self.v[layer, :, :, span].transpose(1, 2)
+        k = torch.cat([self.k[layer, :, :, self._span(s)] for s in sorted(slots)], dim=2)  # a copy
+        v = torch.cat([self.v[layer, :, :, self._span(s)] for s in sorted(slots)], dim=2)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     @property
     def nbytes(self) -> int:

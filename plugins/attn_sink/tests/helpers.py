@@ -48,3 +48,14 @@ def make_loop(model: WanDiT, cache: KVCache, *plugins, steps: int = 1, batch: in
 def chunk_noise(index: int, batch: int = 1, fpc: int = FPC) -> torch.Tensor:
     g = torch.Generator().manual_seed(1000 + index)
     return torch.randn(batch, 48, fpc, 4, 4, generator=g)  # [B, C, f, H, W] latents of one chunk
+
+
+def slot_kv(cache: KVCache, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of one slot for every layer, [layers, B, T, H, D], read through the storage API."""
+    pairs = [cache.storage.read(layer, (slot,)) for layer in range(cache.spec.num_layers)]
+    return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+
+
+def all_slots_kv(cache: KVCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A copy of every slot's K and V (see slot_kv)."""
+    return [tuple(t.clone() for t in slot_kv(cache, s)) for s in range(cache.spec.num_slots)]

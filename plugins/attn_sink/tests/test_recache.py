@@ -7,7 +7,7 @@ import torch
 from longlive.cache import KVCache
 from longlive.prompts import PromptScript, Shot, Switch, chunk_prompts
 from longlive_plugins.attn_sink import AttnSink, AttnSinkConfig
-from longlive_plugins.attn_sink.tests.helpers import FPC, chunk_noise, make_loop, make_spec
+from longlive_plugins.attn_sink.tests.helpers import FPC, all_slots_kv, chunk_noise, make_loop, make_spec, slot_kv
 
 OLD, NEW = "a red circle moves left", "a blue square moves up"
 
@@ -26,7 +26,7 @@ def _generate(model, config: AttnSinkConfig, *, slots: int, switch_chunk: int, c
         for chunk in chunk_prompts(script, num_frames=chunks * FPC, frames_per_chunk=FPC):
             x0s.append(loop.step(chunk, chunk_noise(chunk.index)))
             if chunk.index == switch_chunk - 1:
-                before = (cache.storage.k.clone(), cache.storage.v.clone())
+                before = all_slots_kv(cache)
     return loop, plugin, x0s, before
 
 
@@ -45,11 +45,6 @@ def _committed(model, loop, x0s, prompts: list[str]):
     return cache
 
 
-def _slot_kv(cache: KVCache, slot: int):
-    span = slice(slot * cache.spec.chunk_tokens, (slot + 1) * cache.spec.chunk_tokens)
-    return cache.storage.k[:, :, span], cache.storage.v[:, :, span]
-
-
 @pytest.mark.parametrize("recache_sink", [False, True])
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_recache_rebuilds_the_window_under_the_new_prompt(model, recache_sink, guidance):
@@ -60,7 +55,7 @@ def test_recache_rebuilds_the_window_under_the_new_prompt(model, recache_sink, g
     ref = _committed(model, loop, x0s[:3], [OLD if j == 0 and not recache_sink else NEW for j in range(3)])
     stale = _committed(model, loop, x0s[:3], [OLD] * 3)
     for j in range(3):  # chunk j lives in slot j in both caches (warm-up fills slots in order)
-        for got, want, old in zip(_slot_kv(cache, j), _slot_kv(ref, j), _slot_kv(stale, j)):
+        for got, want, old in zip(slot_kv(cache, j), slot_kv(ref, j), slot_kv(stale, j)):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             if j > 0 or recache_sink:
                 assert (got - old).abs().max() > 1e-3  # really rebuilt, not left as it was
@@ -73,9 +68,8 @@ def test_recache_off_leaves_the_cache_alone(model):
     loop, plugin, x0s, before = _generate(model, config, slots=4, switch_chunk=3, chunks=4)
     cache = loop.state.cache
     for j in range(3):
-        span = slice(j * cache.spec.chunk_tokens, (j + 1) * cache.spec.chunk_tokens)
-        assert torch.equal(cache.storage.k[:, :, span], before[0][:, :, span])
-        assert torch.equal(cache.storage.v[:, :, span], before[1][:, :, span])
+        k, v = slot_kv(cache, j)
+        assert torch.equal(k, before[j][0]) and torch.equal(v, before[j][1])
     assert plugin._latents == {}  # nothing kept when re-cache is off
 
 
@@ -90,13 +84,9 @@ def test_recache_after_the_window_slid(model, recache_sink, relative):
     held = {s.chunk: i for i, s in enumerate(policy.slots)}
     assert sorted(held) == [0, 7, 8, 9]
     sink_slot = held[0]
-    sink_same = torch.equal(cache.storage.v[:, :, _span(cache, sink_slot)], before[1][:, :, _span(cache, sink_slot)])
+    sink_same = torch.equal(slot_kv(cache, sink_slot)[1], before[sink_slot][1])
     assert sink_same != recache_sink
     for chunk in (7, 8):  # the window chunks chunk 9 sees, re-run under the new prompt
         s = held[chunk]
-        assert (cache.storage.v[:, :, _span(cache, s)] - before[1][:, :, _span(cache, s)]).abs().max() > 1e-3
+        assert (slot_kv(cache, s)[1] - before[s][1]).abs().max() > 1e-3
     assert len(plugin._latents) <= cache.spec.num_slots
-
-
-def _span(cache, slot):
-    return slice(slot * cache.spec.chunk_tokens, (slot + 1) * cache.spec.chunk_tokens)

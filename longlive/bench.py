@@ -27,6 +27,7 @@ import torch
 from longlive.generate import build_cache, build_model, geometry_for
 from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
 from longlive.prompts import chunk_prompts, single_prompt
+from longlive.tasks import dit_preset
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _GEMM = ("gemm", "matmul", "nvjet", "cutlass", "xmma", "sm90_", "cublas", "aten:
 def run_benchmark(run: Any) -> dict:
     exp, b, s = run.experiment, run.experiment.bench, run.experiment.sampler
     cuda = run.device.type == "cuda"
-    preset = run.components.get("dit_preset", exp.model.preset, where="model.preset").value
+    preset = dit_preset(run)
     codec_spec = run.components.get("codec", exp.model.codec, where="model.codec").value
     geometry = geometry_for(run, codec_spec, preset)
     chunks = b.warmup_chunks + b.measure_chunks + b.profile_chunks

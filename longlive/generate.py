@@ -18,6 +18,7 @@ from longlive.geometry import Geometry
 from longlive.monitor import progress
 from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
 from longlive.prompts import ChunkPrompt, chunk_prompts, load_prompt_script, single_prompt
+from longlive.tasks import dit_preset, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ def build_model(run: Any, role: str = "generator", *, training: bool = False,
     """
     from longlive.model.convert import load_dit_weights
     from longlive.model.dit import WanDiT
-    from longlive.tasks import _seeded_init, dit_preset
 
     preset = dit_preset(run)
     cfg = run.experiment.model
@@ -54,7 +54,7 @@ def build_model(run: Any, role: str = "generator", *, training: bool = False,
     else:  # random weights drawn where they live: no 20 GB detour through host memory for the 5B
         log.warning("model.checkpoint is not set: the DiT has random weights")
         model = model.to(dtype=run.dtype).to_empty(device=run.device)
-        _seeded_init(model, run.experiment.run.seed)
+        seeded_init(model, run.experiment.run.seed)
     model = model.eval().requires_grad_(False)
     if training:
         run.hook.longlive_quantize_model(model=model, role=role, run=run)
@@ -97,7 +97,7 @@ class Parts:
 def build_parts(run: Any, model: torch.nn.Module | None = None) -> Parts:
     """Codec, text encoder, sampler and (unless given) the DiT named by the experiment."""
     exp, s = run.experiment, run.experiment.sampler
-    preset = run.components.get("dit_preset", exp.model.preset, where="model.preset").value
+    preset = dit_preset(run)
     codec_spec = run.components.get("codec", exp.model.codec, where="model.codec").value
     text = run.components.get("text_encoder", exp.model.text_encoder, where="model.text_encoder").value(run)
     sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
@@ -137,7 +137,7 @@ def generate_video(run: Any) -> dict:
     """The generate task: inputs are checked before any weights load."""
     exp = run.experiment
     s, g = exp.sampler, exp.generate
-    preset = run.components.get("dit_preset", exp.model.preset, where="model.preset").value
+    preset = dit_preset(run)
     codec_spec = run.components.get("codec", exp.model.codec, where="model.codec").value
     geometry = geometry_for(run, codec_spec, preset)
     geometry.chunks(s.num_frames)

@@ -39,7 +39,7 @@ def _place_vae(run: RunContext, vae, load_weights):
         load_weights(vae, path)
     else:
         log.warning("model.codec_checkpoint is not set: the VAE has random weights (fine for speed tests only)")
-        _seeded_init(vae, run.experiment.run.seed)
+        seeded_init(vae, run.experiment.run.seed)
     return vae.to(device=run.device, dtype=run.dtype).eval().requires_grad_(False)
 
 
@@ -109,8 +109,9 @@ def dit_preset(run: RunContext):
     return run.components.get("dit_preset", run.experiment.model.preset, where="model.preset").value
 
 
-def _seeded_init(module: torch.nn.Module, seed: int) -> None:
-    """Random weights from the run seed (speed tests): N(0, 0.02) for weights, zero biases."""
+def seeded_init(module: torch.nn.Module, seed: int) -> None:
+    """Random weights from the run seed, drawn on the parameters' device (benchmarks, training from
+    scratch): matrices N(0, 1/fan_in), vectors 1 (weights) or 0 (biases) plus N(0, 0.02)."""
     with torch.no_grad():
         for i, (name, p) in enumerate(module.named_parameters()):
             g = torch.Generator(device=p.device).manual_seed(seed * 100_003 + i)

@@ -86,9 +86,10 @@ class ToyWorld:
         return PatchCodec(self.config.spatial_factor, self.config.temporal_factor)
 
     def _build_text(self, run) -> Any:
+        from longlive.tasks import dit_preset
         from longlive_plugins.toyworld.text import ToyTextEncoder
 
-        preset = run.components.get("dit_preset", run.experiment.model.preset, where="model.preset").value
+        preset = dit_preset(run)
         return ToyTextEncoder(dim=preset.text_dim, text_len=preset.text_len).to(run.device)
 
     def score(self, video, schedule, fps: float) -> dict:

@@ -39,7 +39,6 @@ class GenerationState:
     image_latent: torch.Tensor | None = None  # I2V: [B, C, 1, H, W], replaces frame 0 at t=0
     chunk_index: int = 0
     prompt: str | None = None
-    history: list[torch.Tensor] = attrs.field(factory=list)  # committed clean chunks still in the window
     _embedded: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
     @property
@@ -100,8 +99,6 @@ class ChunkLoop:
         x, t = self._model_input(x0, 0.0)
         state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), context, text_embedded=True, kv=kv)
         state.cache.commit(kv)
-        state.history.append(x0)
-        del state.history[: max(0, len(state.history) - state.cache.spec.num_slots)]
 
     def _model_input(self, x: torch.Tensor, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents and per-frame timesteps [B, f]; I2V pins frame 0 of chunk 0 to the image at t=0."""

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from longlive.generate import build_cache, build_model, geometry_for
-from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
+from longlive.generate import build_model, geometry_for, new_state
+from longlive.pipeline import ChunkLoop, chunk_noise
 from longlive.prompts import chunk_prompts, single_prompt
 from longlive.tasks import dit_preset
 
@@ -49,8 +49,7 @@ def run_benchmark(run: Any) -> dict:
     model = build_model(run)
     text = run.components.get("text_encoder", exp.model.text_encoder, where="model.text_encoder").value(run)
     sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
-    state = GenerationState(model=model, cache=build_cache(run, preset, geometry, 1), sampler=sampler,
-                            encode_text=text.encode, batch=1, guidance=s.guidance, negative_prompt=s.negative_prompt)
+    state = new_state(run, model, sampler, text, geometry, 1)
     loop = ChunkLoop(state, run.hook, run)
     shape = geometry.latent_shape(s.frames_per_chunk, codec_spec.latent_channels)
     noise = [chunk_noise(shape, i, exp.run.seed, run.device, run.dtype) for i in range(chunks)]

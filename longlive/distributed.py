@@ -86,15 +86,6 @@ def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(info: DistInfo, obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shutdown(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

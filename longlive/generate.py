@@ -106,6 +106,15 @@ def build_parts(run: Any, model: torch.nn.Module | None = None) -> Parts:
                  geometry=geometry_for(run, codec_spec, preset), latent_channels=codec_spec.latent_channels)
 
 
+def new_state(run: Any, model: torch.nn.Module, sampler: Any, text: Any, geometry: Geometry, batch: int,
+              image_latent: torch.Tensor | None = None) -> GenerationState:
+    """A fresh GenerationState (new KV cache from the hooks) with the experiment's guidance settings."""
+    s = run.experiment.sampler
+    return GenerationState(model=model, cache=build_cache(run, model.config, geometry, batch), sampler=sampler,
+                           encode_text=text.encode, batch=batch, guidance=s.guidance,
+                           negative_prompt=s.negative_prompt, image_latent=image_latent)
+
+
 def render(run: Any, parts: Parts, schedule: list[ChunkPrompt], *, batch: int = 1,
            image_latent: torch.Tensor | None = None,
            show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[ChunkPrompt]]:
@@ -115,10 +124,7 @@ def render(run: Any, parts: Parts, schedule: list[ChunkPrompt], *, batch: int = 
     per chunk: a live prompt source may have replaced scheduled ones).
     """
     s = run.experiment.sampler
-    preset = parts.model.config
-    state = GenerationState(model=parts.model, cache=build_cache(run, preset, parts.geometry, batch),
-                            sampler=parts.sampler, encode_text=parts.text.encode, batch=batch, guidance=s.guidance,
-                            negative_prompt=s.negative_prompt, image_latent=image_latent)
+    state = new_state(run, parts.model, parts.sampler, parts.text, parts.geometry, batch, image_latent)
     decoder = run.hook.longlive_make_decoder(codec=parts.codec, run=run)
     loop = ChunkLoop(state, run.hook, run)
     shape = parts.geometry.latent_shape(s.frames_per_chunk, parts.latent_channels, batch)  # [B, C, f, h, w]

@@ -138,16 +138,6 @@ def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], N
     return check
 
 
-def each(validator: Callable[[Any, attrs.Attribute, Any], None]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """attrs validator: apply `validator` to every element of a tuple."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        for item in value:
-            validator(instance, attribute, item)
-
-    return check
-
-
 # ---- message helpers -----------------------------------------------------------------------
 
 

@@ -34,9 +34,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-CACHE_T = 2  # frames of history a temporal kernel of 3 needs
-
-
 class StreamState:
     """What one video stream carries between steps through an encoder or a decoder.
 

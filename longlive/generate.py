@@ -51,6 +51,12 @@ def build_model(run: Any, role: str = "generator", *, training: bool = False,
         model = model.to_empty(device="cpu")
         load_dit_weights(model, checkpoint, format=cfg.checkpoint_format)
         model = model.to(device=run.device, dtype=run.dtype)
+    elif training:  # training from scratch: Wan's initialisation (zero head), seeded by run.seed
+        model = model.to_empty(device=run.device)
+        with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+            torch.manual_seed(run.experiment.run.seed)
+            model.init_weights()
+        model = model.to(dtype=run.dtype)
     else:  # random weights drawn where they live: no 20 GB detour through host memory for the 5B
         log.warning("model.checkpoint is not set: the DiT has random weights")
         model = model.to(dtype=run.dtype).to_empty(device=run.device)

@@ -139,6 +139,20 @@ def load_dit_state(model: nn.Module, state: Mapping[str, torch.Tensor], format: 
     return fmt
 
 
+def _check_prediction(model: nn.Module, path: str | os.PathLike, where: str) -> None:
+    """A safetensors export records what its head predicts; it must match the preset's."""
+    if not os.fspath(path).endswith(".safetensors") or not os.path.isfile(path):
+        return
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), "pt") as f:
+        saved = (f.metadata() or {}).get("prediction")
+    expected = model.config.prediction
+    if saved is not None and saved != expected:
+        raise ConfigError(f"{where}: {os.fspath(path)!r} was trained with prediction={saved!r} but DiT preset "
+                          f"{model.config.name!r} has prediction={expected!r}; use a preset with prediction={saved!r}")
+
+
 def load_dit_weights(model: nn.Module, path: str | os.PathLike, format: str = "auto", *,
                      where: str = "model.checkpoint", ema: bool = False) -> str:
     """Read a DiT checkpoint (file or shard directory) and load it strictly; returns the format used."""
@@ -146,6 +160,7 @@ def load_dit_weights(model: nn.Module, path: str | os.PathLike, format: str = "a
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConfigError(f"{where}: {str(path)!r} holds non-tensor entries ({bad[:3]}); it is not a DiT state dict")
+    _check_prediction(model, path, where)
     fmt = load_dit_state(model, state, format, what=f"DiT from {os.fspath(path)}")
     log.info("loaded DiT weights from %s (%s format, %d tensors)", os.fspath(path), fmt, len(state))
     return fmt

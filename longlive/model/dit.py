@@ -10,6 +10,10 @@ Architecture (Wan2.2 `WanModel`, model_type "ti2v"): Conv3d patch embedding (tok
 (F, H, W) order); text MLP Linear-GELU(tanh)-Linear; sinusoidal timestep embedding (float64,
 cat[cos, sin]) -> Linear-SiLU-Linear = e -> SiLU-Linear = e0 (6 adaLN vectors per timestep
 group); `num_layers` WanBlocks; a head modulated by e; unpatchify to [B, out, F, H, W].
+Every entry point returns a velocity. A preset with prediction "sample" has a head that predicts
+the clean latent x0; the model returns (x_t - x0) / max(sigma, SAMPLE_MIN_SIGMA) with sigma =
+t / 1000, which is the velocity wherever sigma >= SAMPLE_MIN_SIGMA (the clip keeps t = 0, the
+clean context pass, finite).
 Parameter names equal the original Wan/LongLive checkpoint names, so loading those is a rename
 of prefixes at most (see convert.py).
 
@@ -31,11 +35,14 @@ from torch import nn
 from longlive.cache import ChunkKV
 from longlive.errors import ConfigError
 from longlive.model.attention import AttentionKernel, MaskMod, resolve_backend, teacher_forcing_mask
-from longlive.model.blocks import WanBlock, WanHead
+from longlive.model.blocks import RMSNorm, WanBlock, WanHead
 from longlive.model.presets import DiTConfig
 from longlive.model.rope import rope_tables
+from longlive.sampling import TRAIN_TIMESTEPS
 
 log = logging.getLogger(__name__)
+
+SAMPLE_MIN_SIGMA = 0.05  # denominator clip of the sample -> velocity conversion
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,11 +72,18 @@ class WanDiT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Wan's initialisation: xavier linears, zero biases, N(0, 0.02) embeddings, zero head weight."""
+        """Wan's initialisation of every parameter: xavier linears, zero biases, N(0, 0.02) embeddings,
+        zero head weight, unit norm gains, adaLN modulation N(0, 1/dim). Draws from torch's global RNG."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+            if isinstance(module, (WanBlock, WanHead)):
+                nn.init.normal_(module.modulation, std=self.config.dim ** -0.5)
         nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
         nn.init.zeros_(self.patch_embedding.bias)
         for seq in (self.text_embedding, self.time_embedding):
@@ -152,6 +166,18 @@ class WanDiT(nn.Module):
         return rearrange(y.float(), "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
                          f=f, h=h, w=w, pt=pt, ph=ph, pw=pw)
 
+    def _velocity(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                  grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head output [B, C, F, H, W] -> velocity: unchanged, or (x - out) / sigma for "sample"."""
+        if self.config.prediction == "velocity":
+            return out
+        batch, groups = t.shape  # [B, N], N in (1, F, L): groups of consecutive tokens
+        sigma = (t.float() / TRAIN_TIMESTEPS).clamp(min=SAMPLE_MIN_SIGMA)
+        sigma = sigma.repeat_interleave(math.prod(grid) // groups, dim=1).reshape(batch, 1, *grid)
+        for dim, p in zip((2, 3, 4), self.config.patch):  # token grid -> latent positions
+            sigma = sigma.repeat_interleave(p, dim=dim)
+        return (x.float() - out) / sigma
+
     def _timesteps(self, t: torch.Tensor, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
         """t as [B, N] with N in (1, F, L): one timestep per group of L/N consecutive tokens."""
         frames, tokens = grid[0], math.prod(grid)
@@ -194,11 +220,12 @@ class WanDiT(nn.Module):
         """
         grid = self._grid(x)
         tokens = self._patchify(x)  # [B, L, dim]
-        e, e0 = self._time(self._timesteps(t, x.shape[0], grid))
+        t = self._timesteps(t, x.shape[0], grid)
+        e, e0 = self._time(t)
         ctx = self._context(context, text_embedded, grid[0])
         mask = self.attention.prepare_mask(mask_mod, tokens.shape[1], tokens.shape[1], x.device)
         h = self._blocks(tokens, e0, ctx, rope=self._rope(grid, 0, x.device), mask=mask, kv=None, segments=1)
-        return self._unpatchify(self.head(h, e, self.dtype), grid)
+        return self._velocity(self._unpatchify(self.head(h, e, self.dtype), grid), x, t, grid)
 
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, kv: ChunkKV,
                       text_embedded: bool = False,
@@ -211,11 +238,12 @@ class WanDiT(nn.Module):
         """
         grid = self._grid(x)
         tokens = self._patchify(x)
-        e, e0 = self._time(self._timesteps(t, x.shape[0], grid))
+        t = self._timesteps(t, x.shape[0], grid)
+        e, e0 = self._time(t)
         ctx = self._context(context, text_embedded, grid[0])
         rope = rope if rope is not None else self.chunk_rope(grid, kv, x.device)
         h = self._blocks(tokens, e0, ctx, rope=rope, mask=None, kv=kv, segments=1)
-        return self._unpatchify(self.head(h, e, self.dtype), grid)
+        return self._velocity(self._unpatchify(self.head(h, e, self.dtype), grid), x, t, grid)
 
     def chunk_rope(self, grid: tuple[int, int, int], kv: ChunkKV,
                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,4 +279,4 @@ class WanDiT(nn.Module):
         rope = (torch.cat([cos, cos]), torch.cat([sin, sin]))  # identical positions for both halves
         h = self._blocks(tokens, e0, ctx, rope=rope, mask=mask, kv=None, segments=2)
         out = self.head(h[:, length:], e[:, groups:], self.dtype)  # the noisy half only
-        return self._unpatchify(out, grid)
+        return self._velocity(self._unpatchify(out, grid), noisy, t_n, grid)

@@ -10,6 +10,9 @@ import attrs
 from longlive.errors import ConfigError
 
 
+PREDICTIONS = ("velocity", "sample")
+
+
 @attrs.frozen(kw_only=True)
 class DiTConfig:
     """Every shape of a Wan2.2-TI2V-style DiT; the model derives everything else from it."""
@@ -27,6 +30,10 @@ class DiTConfig:
     patch: tuple[int, int, int] = attrs.field(default=(1, 2, 2), converter=tuple)  # (t, h, w)
     eps: float = 1e-6
     rope_theta: float = 10000.0
+    # What the output head predicts: "velocity" (Wan: v = eps - x0) or "sample" (x0; the model
+    # turns it into the velocity (x_t - x0) / sigma, so callers always get a velocity). Predicting
+    # the clean sample suits pixel-like latents with wide patches (Li & He 2025, "Back to Basics").
+    prediction: str = "velocity"
 
     def __attrs_post_init__(self) -> None:
         where = f"DiT preset {self.name!r}"
@@ -49,6 +56,11 @@ class DiTConfig:
             )
         if self.freq_dim % 2:
             raise ConfigError(f"{where}: freq_dim={self.freq_dim} must be even (cos and sin halves)")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"{where}: prediction={self.prediction!r} is not known; use one of {', '.join(PREDICTIONS)}")
+        if self.prediction == "sample" and self.in_channels != self.out_channels:
+            raise ConfigError(f"{where}: prediction='sample' needs in_channels == out_channels "
+                              f"({self.in_channels} != {self.out_channels})")
         if self.eps <= 0 or self.rope_theta <= 0:
             raise ConfigError(f"{where}: eps={self.eps} and rope_theta={self.rope_theta} must be positive")
 

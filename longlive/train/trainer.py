@@ -280,7 +280,7 @@ class Trainer:
         if export is not None and self.info.is_main:
             save_safetensors_atomic(self.ema.model_state(self.model, self.run.dtype), export,
                                     metadata={"preset": self.run.experiment.model.preset, "step": str(self.step),
-                                              "weights": "ema"})
+                                              "weights": "ema", "prediction": self.model.config.prediction})
         barrier(self.info)
         loss = self.history[-1][1] if self.history else math.nan
         return {"steps": self.step, "loss": loss, "losses": [v for _, v in self.history],

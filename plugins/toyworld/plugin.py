@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from longlive.registry import hookimpl
-from longlive.structure import at_least, in_range
+from longlive.structure import at_least, in_range, one_of
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,12 @@ class ToyWorldConfig:
     fps: float = attrs.field(default=8.0, validator=in_range(1.0, 60.0))
     spatial_factor: int = attrs.field(default=4, validator=in_range(1, 8))  # codec: 3*s*s*tau = 48
     temporal_factor: int = attrs.field(default=1, validator=in_range(1, 4))
+    # The DiT preset "toy": width (heads of 64 channels, FFN 4x), depth, and what its head predicts.
+    # The shipped weights are 320 / 6 / "sample"; an older 256-wide "velocity" model is the
+    # comparison in experiments/toy/eval_bidirectional.toml.
+    model_dim: int = attrs.field(default=320, validator=in_range(64, 1024))
+    model_layers: int = attrs.field(default=6, validator=in_range(1, 32))
+    prediction: str = attrs.field(default="sample", validator=one_of(("velocity", "sample")))
     score: bool = True  # score generated videos with ToyBench (task generate)
     segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
     # The `toy_data` task: webdataset shards of rendered multi-shot clips.
@@ -46,14 +52,21 @@ class ToyWorldConfig:
         if (self.clip_frames - 1) % self.temporal_factor and self.temporal_factor > 1:
             raise ConfigError(f"plugins.toyworld.clip_frames: {self.clip_frames} frames do not fit the causal codec "
                               f"layout 1 + {self.temporal_factor}*k; try {1 + self.temporal_factor * 16}")
+        if self.model_dim % 64:
+            raise ConfigError(f"plugins.toyworld.model_dim: {self.model_dim} must be a multiple of 64 (heads of 64)")
         if self.size % (self.spatial_factor * 2):
             raise ConfigError(f"plugins.toyworld.size: {self.size} must be a multiple of "
                               f"{self.spatial_factor * 2} (codec stride x DiT patch)")
 
 
-# The toy DiT: same architecture family as Wan2.2-TI2V-5B, sized for a CPU.
-TOY_PRESET = dict(name="toy", dim=256, ffn_dim=1024, num_layers=6, num_heads=4, in_channels=48,
-                  out_channels=48, text_dim=64, text_len=16, freq_dim=256)
+def toy_preset(config: ToyWorldConfig):
+    """The toy DiT: the Wan2.2-TI2V-5B architecture family, sized for a CPU."""
+    from longlive.model.presets import DiTConfig
+
+    dim = config.model_dim
+    return DiTConfig(name="toy", dim=dim, ffn_dim=4 * dim, num_layers=config.model_layers, num_heads=dim // 64,
+                     in_channels=48, out_channels=48, text_dim=64, text_len=16, freq_dim=256,
+                     prediction=config.prediction)
 
 
 class ToyWorld:
@@ -67,10 +80,10 @@ class ToyWorld:
     @hookimpl
     def longlive_register_components(self, registry) -> None:
         from longlive.components import CodecSpec
-        from longlive.model.presets import DiTConfig
 
         c = self.config
-        registry.add("dit_preset", "toy", DiTConfig(**TOY_PRESET), summary="toy-world DiT (6 layers, dim 256)")
+        registry.add("dit_preset", "toy", toy_preset(c),
+                     summary=f"toy-world DiT ({c.model_layers} layers, dim {c.model_dim}, {c.prediction} prediction)")
         registry.add("codec", "toy-patch", CodecSpec(build=self._build_codec, temporal_stride=c.temporal_factor,
                                                      spatial_stride=c.spatial_factor, latent_channels=48),
                      summary="lossless pixel-unshuffle codec, 48 channels")

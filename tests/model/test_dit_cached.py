@@ -1,6 +1,7 @@
 """Chunked inference with the KV cache == the full forward under the equivalent mask; teacher forcing too."""
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -14,9 +15,9 @@ FPC = 2  # latent frames per chunk
 CHUNKS = 4
 
 
-def _model() -> WanDiT:
+def _model(prediction: str = "velocity") -> WanDiT:
     torch.manual_seed(0)
-    model = WanDiT(dit_preset("debug"), attention="sdpa").eval()
+    model = WanDiT(attrs.evolve(dit_preset("debug"), prediction=prediction), attention="sdpa").eval()
     with torch.no_grad():
         for p in model.parameters():  # the head starts at zero: perturb everything
             p.add_(torch.randn_like(p) * 0.05)
@@ -44,10 +45,11 @@ def _chunk_ctx(ctx, i):
     return ctx[:, i] if ctx.ndim == 4 else ctx
 
 
-@pytest.mark.parametrize("window_chunks,per_chunk_prompts", [(CHUNKS, False), (2, True)])
+@pytest.mark.parametrize("window_chunks,per_chunk_prompts,prediction",
+                         [(CHUNKS, False, "velocity"), (2, True, "velocity"), (2, True, "sample")])
 @torch.no_grad()
-def test_cached_chunks_equal_masked_full_forward(window_chunks, per_chunk_prompts):
-    model = _model()
+def test_cached_chunks_equal_masked_full_forward(window_chunks, per_chunk_prompts, prediction):
+    model = _model(prediction)
     x, t, ctx = _inputs(per_chunk_prompts)
     window = None if window_chunks == CHUNKS else window_chunks * FPC
     mask = block_causal_mask(CHUNKS * FPC, tokens_per_frame=4, frames_per_block=FPC, window_frames=window)
@@ -73,9 +75,10 @@ def test_cached_chunks_equal_masked_full_forward(window_chunks, per_chunk_prompt
     assert (unmasked[:, :, :FPC] - full[:, :, :FPC]).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("prediction", ["velocity", "sample"])
 @torch.no_grad()
-def test_teacher_forcing_equals_cached_path():
-    model = _model()
+def test_teacher_forcing_equals_cached_path(prediction):
+    model = _model(prediction)
     g = torch.Generator().manual_seed(3)
     clean, noisy, t_noisy, ctx = (*(torch.randn(2, 48, CHUNKS * FPC, 4, 4, generator=g) for _ in range(2)),
                                   torch.rand(2, CHUNKS * FPC, generator=g) * 1000, _inputs(True)[2])
@@ -91,6 +94,28 @@ def test_teacher_forcing_equals_cached_path():
         assert err <= 1e-5 * max(1.0, pred.abs().max().item()), (i, err)
         model.forward_chunk(clean[:, :, sl], torch.zeros(2, FPC), ctx[:, i], kv=kv)  # clean pass at t=0
         cache.commit(kv)
+
+
+@pytest.mark.parametrize("layout", ["sample", "frame", "token"])
+@torch.no_grad()
+def test_sample_prediction_returns_the_velocity_of_its_x0(layout):
+    """prediction="sample": same weights, head output read as x0 -> (x - x0) / max(t / 1000, 0.05)."""
+    velocity, sample = _model("velocity"), _model("sample")
+    sample.load_state_dict(velocity.state_dict())
+    x, _, ctx = _inputs(False)  # [2, 48, 8, 4, 4]: 2x2 tokens per frame
+    g = torch.Generator().manual_seed(5)
+    shape = {"sample": (2,), "frame": (2, x.shape[2]), "token": (2, x.shape[2] * 4)}[layout]
+    t = torch.rand(shape, generator=g) * 1000
+    t.view(-1)[0] = 0.0  # a clean (context) timestep stays finite through the clip
+    x0 = velocity(x, t, ctx)  # the shared head output
+    if layout == "token":  # tokens in (F, h, w) order, each covering 2x2 latent pixels
+        sigma = t.view(2, 1, -1, 2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4) / 1000
+    else:
+        sigma = t.view(2, 1, -1, 1, 1) / 1000
+    want = (x - x0) / sigma.clamp(min=0.05)
+    got = sample(x, t, ctx)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

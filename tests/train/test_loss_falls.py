@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from longlive.config import experiment_from_table
@@ -36,6 +37,8 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     ema = load_file(out / "model.safetensors")
     assert ema and all(torch.isfinite(v).all() for v in ema.values())
     load_dit_weights(WanDiT(dit_preset("debug")), out / "model.safetensors")  # loads strictly as a DiT
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.metadata()["prediction"] == "velocity"  # what the head predicts travels with the weights
     logged = losses.scalars[STEPS]
     assert {"train/grad_norm", "train/lr", "train/tokens_per_s"} <= set(logged)
     assert "eval/toybench/overall/color" in logged  # evaluation ran the chunk loop and ToyBench

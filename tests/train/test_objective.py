@@ -144,3 +144,23 @@ def test_from_run_reads_the_train_table():
     assert isinstance(obj, FlowMatchingObjective)
     assert obj.mode == "bidirectional" and obj.frames_per_chunk == 2
     assert torch.allclose(obj.sigmas, sigma_grid(3.0).float()) and torch.equal(obj.weights, torch.ones(1000))
+
+
+def test_training_from_scratch_uses_wans_seeded_initialisation():
+    from longlive.config import experiment_from_table
+    from longlive.generate import build_model
+    from longlive.run import make_run
+
+    def model(seed):
+        table = {"run": {"name": "t", "task": "train", "device": "cpu", "seed": seed},
+                 "model": {"preset": "debug", "codec": "wan2.2-vae-debug", "text_encoder": "random"},
+                 "sampler": {"height": 64, "width": 64, "num_frames": 4, "frames_per_chunk": 2, "window_frames": 4},
+                 "train": {"data": "nowhere/*.tar"}}
+        return build_model(make_run(experiment_from_table(table), create_dir=False), training=True)
+
+    a, b, c = model(1), model(1), model(2)
+    for (name, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.isfinite(p).all(), name  # meta -> empty -> every parameter initialised
+        assert torch.equal(p, q), name  # seeded
+    assert not torch.equal(a.blocks[0].self_attn.q.weight, c.blocks[0].self_attn.q.weight)
+    assert not a.head.head.weight.any() and torch.equal(a.blocks[0].norm3.weight, torch.ones_like(a.blocks[0].norm3.weight))

@@ -84,38 +84,52 @@ def clip_sample(seed: int, split: str, index: int, *, frames: int, size: int, fp
 
 def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed: int, split: str, frames: int, *,
                  size: int = 64, fps: float = 8.0, max_shots: int = 3, chunk_frames: int = 4,
-                 temporal_factor: int = 1) -> list[Path]:
+                 temporal_factor: int = 1, workers: int = 1) -> list[Path]:
     """Render `num_clips` clips into `{split}-NNNNNN.tar` shards under `out_dir`; returns the paths.
 
     Each shard is written to a temporary name and renamed when complete, so a shard file that
-    exists is always whole.
+    exists is always whole. `workers` > 1 writes shards in that many processes; every clip comes
+    from its own seed, so the shards hold the same clips either way.
     """
-    import webdataset as wds
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
-    if num_clips < 1 or clips_per_shard < 1 or max_shots < 1:
-        raise ConfigError(f"toyworld shards: need num_clips, clips_per_shard, max_shots >= 1; got "
-                          f"{num_clips}, {clips_per_shard}, {max_shots}")
+    if num_clips < 1 or clips_per_shard < 1 or max_shots < 1 or workers < 1:
+        raise ConfigError(f"toyworld shards: need num_clips, clips_per_shard, max_shots, workers >= 1; got "
+                          f"{num_clips}, {clips_per_shard}, {max_shots}, {workers}")
     chunk_pixel_bounds(frames, chunk_frames, temporal_factor)  # fail before writing anything
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    clip_args = dict(frames=frames, size=size, fps=fps, max_shots=max_shots, chunk_frames=chunk_frames,
+                     temporal_factor=temporal_factor)
+    jobs = [(out_dir / f"{split}-{shard:06d}.tar", seed, split, range(first, min(first + clips_per_shard, num_clips)),
+             clip_args) for shard, first in enumerate(range(0, num_clips, clips_per_shard))]
     with tqdm(total=num_clips, desc=f"toy shards {split}", unit="clip", disable=None) as bar:
-        for shard, first in enumerate(range(0, num_clips, clips_per_shard)):
-            path = out_dir / f"{split}-{shard:06d}.tar"
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as f:
-                writer = wds.TarWriter(f)
-                for index in range(first, min(first + clips_per_shard, num_clips)):
-                    writer.write(clip_sample(seed, split, index, frames=frames, size=size, fps=fps,
-                                             max_shots=max_shots, chunk_frames=chunk_frames,
-                                             temporal_factor=temporal_factor))
-                    bar.update(1)
-                writer.close()
-            os.replace(tmp, path)
-            paths.append(path)
+        if workers == 1:
+            for job in jobs:
+                bar.update(_write_shard(*job))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for done in pool.map(_write_shard, *zip(*jobs)):
+                    bar.update(done)
+    paths = [job[0] for job in jobs]
     log.info("toyworld: wrote %d %s clips in %d shards to %s", num_clips, split, len(paths), out_dir)
     return paths
+
+
+def _write_shard(path: Path, seed: int, split: str, indices: range, clip_args: dict) -> int:
+    """Write clips `indices` to the shard `path` (via a temporary name); returns how many."""
+    import webdataset as wds
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        writer = wds.TarWriter(f)
+        for index in indices:
+            writer.write(clip_sample(seed, split, index, **clip_args))
+        writer.close()
+    os.replace(tmp, path)
+    return len(indices)
 
 
 def iter_clips(pattern: str | Path | Sequence[str | Path]) -> Iterator[dict]:

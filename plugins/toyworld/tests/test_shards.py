@@ -32,6 +32,16 @@ def test_write_two_shards_and_read_back(tmp_path):
     assert list(shards.iter_clips(sorted(map(str, paths))))[1]["key"] == "train-000000001"  # list input
 
 
+def test_parallel_writers_write_the_same_clips(tmp_path):
+    args = dict(num_clips=5, clips_per_shard=2, seed=2, split="heldout", frames=8, size=32, chunk_frames=2)
+    one = shards.write_shards(tmp_path / "one", **args)
+    two = shards.write_shards(tmp_path / "two", workers=2, **args)
+    assert [p.name for p in one] == [p.name for p in two] and len(two) == 3
+    for a, b in zip(shards.iter_clips(sorted(map(str, one))), shards.iter_clips(sorted(map(str, two))), strict=True):
+        assert a["key"] == b["key"] and a["meta"] == b["meta"] and np.array_equal(a["video"], b["video"])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [p.name for p in two]  # no temp files left
+
+
 def test_chunk_bounds_follow_the_causal_layout():
     assert shards.chunk_pixel_bounds(8, 2, 1) == [(0, 2), (2, 4), (4, 6), (6, 8)]
     assert shards.chunk_pixel_bounds(13, 2, 4) == [(0, 5), (5, 13)]  # latents 0-1: 1 + 4 frames

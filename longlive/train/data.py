@@ -14,7 +14,10 @@ objective draws its noise and timesteps: the draws do not depend on the number o
 
 `BatchEncoder` turns items into a training batch: the codec encodes videos to latents
 [B, C, F, H, W] and the text encoder embeds the B x n_chunks prompts in one call -> context
-[B, n_chunks, L, D]; optionally both are cached in host memory by dataset index.
+[B, n_chunks, L, D]; optionally both are cached in host memory by dataset index. With
+`caption_dropout` p, a sample's context is replaced by that of the empty prompt (every chunk) when
+a draw from the sample's seed falls below p, so a model can learn the unconditional prediction
+that classifier-free guidance needs; the choice, like the noise, does not depend on the ranks.
 """
 from __future__ import annotations
 
@@ -253,9 +256,13 @@ class BatchEncoder:
     """Items -> {"latents" [B, C, F, H, W] fp32, "context" [B, n, L, D] fp32, "seeds" [B], "prompts"}."""
 
     def __init__(self, codec: Any, text_encoder: Any, *, device: torch.device, dtype: torch.dtype,
-                 cache: bool = False) -> None:
+                 cache: bool = False, caption_dropout: float = 0.0) -> None:
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ConfigError(f"train.caption_dropout: {caption_dropout} must lie in [0, 1]")
         self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
+        self.caption_dropout = caption_dropout
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+        self._empty: torch.Tensor | None = None  # the empty prompt's context [L, D], encoded once
 
     @torch.no_grad()
     def encode(self, items: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,4 +285,17 @@ class BatchEncoder:
                 self._cache.update({i: (lat[k].cpu(), ctx[k].cpu()) for k, i in enumerate(todo)})
             latents = torch.stack([self._cache[i][0] for i in indices]).to(self.device)
             context = torch.stack([self._cache[i][1] for i in indices]).to(self.device)
+        if self.caption_dropout > 0.0:
+            context = self._drop_captions(context, seeds)
         return {"latents": latents, "context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}
+
+    def _drop_captions(self, context: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """context [B, n, L, D] with the samples whose seed draws below caption_dropout unconditioned."""
+        drop = [np.random.default_rng([int(seed), 7]).random() < self.caption_dropout for seed in seeds]
+        if not any(drop):
+            return context
+        if self._empty is None:
+            with torch.no_grad():
+                self._empty = self.text.encode([""]).float()[0].to(context.device)  # [L, D]
+        keep = torch.tensor([not d for d in drop], device=context.device).view(-1, 1, 1, 1)
+        return torch.where(keep, context, self._empty)

@@ -102,7 +102,7 @@ class Trainer:
         self.text = run.components.get("text_encoder", run.experiment.model.text_encoder,
                                        where="model.text_encoder").value(run)
         self.encoder = BatchEncoder(self.codec, self.text, device=run.device, dtype=run.dtype,
-                                    cache=cfg.cache_latents)
+                                    cache=cfg.cache_latents, caption_dropout=cfg.caption_dropout)
         self.stream = DataStream(len(self.dataset), batch_size=cfg.batch_size, seed=run.experiment.run.seed,
                                  rank=self.info.rank, world_size=self.info.world_size)
 

@@ -106,3 +106,27 @@ def test_batch_encoder_layouts_and_cache(cache):
     assert torch.equal(again["latents"][0], batch["latents"][1])
     assert torch.equal(again["context"][1], batch["context"][0])
     assert items.reads == (2 if cache else 4)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_caption_dropout_follows_the_sample_seeds(cache):
+    items, text = _Items(), _Text()
+    empty = text.encode([""])[0]  # [L, D]
+    plain = BatchEncoder(_Codec(), text, device=torch.device("cpu"), dtype=torch.float32)(items, [0, 1, 2, 3],
+                                                                                          [10, 11, 12, 13])
+    for p, want in ((0.0, [False] * 4), (1.0, [True] * 4)):
+        enc = BatchEncoder(_Codec(), text, device=torch.device("cpu"), dtype=torch.float32, cache=cache,
+                           caption_dropout=p)
+        batch = enc(items, [0, 1, 2, 3], [10, 11, 12, 13])
+        assert [bool((batch["context"][b] == empty).all()) for b in range(4)] == want
+        assert torch.equal(batch["latents"], plain["latents"])  # only the text is dropped
+    half = BatchEncoder(_Codec(), text, device=torch.device("cpu"), dtype=torch.float32, cache=cache,
+                        caption_dropout=0.5)
+    seeds = list(range(100, 140))
+    first = half(items, [i % 4 for i in range(40)], seeds)["context"]
+    dropped = [bool((first[b] == empty).all()) for b in range(40)]
+    assert 8 <= sum(dropped) <= 32  # about half
+    again = half(items, [i % 4 for i in range(40)][::-1], seeds[::-1])["context"]  # other order, same seeds
+    assert [bool((again[b] == empty).all()) for b in range(40)] == dropped[::-1]
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        BatchEncoder(_Codec(), text, device=torch.device("cpu"), dtype=torch.float32, caption_dropout=1.5)

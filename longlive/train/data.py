@@ -257,8 +257,6 @@ class BatchEncoder:
 
     def __init__(self, codec: Any, text_encoder: Any, *, device: torch.device, dtype: torch.dtype,
                  cache: bool = False, caption_dropout: float = 0.0) -> None:
-        if not 0.0 <= caption_dropout <= 1.0:
-            raise ConfigError(f"train.caption_dropout: {caption_dropout} must lie in [0, 1]")
         self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
         self.caption_dropout = caption_dropout
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from longlive.model.presets import PREDICTIONS
 from longlive.registry import hookimpl
 from longlive.structure import at_least, in_range, one_of
 
@@ -28,7 +29,7 @@ class ToyWorldConfig:
     # comparison in experiments/toy/eval_bidirectional.toml.
     model_dim: int = attrs.field(default=320, validator=in_range(64, 1024))
     model_layers: int = attrs.field(default=6, validator=in_range(1, 32))
-    prediction: str = attrs.field(default="sample", validator=one_of(("velocity", "sample")))
+    prediction: str = attrs.field(default="sample", validator=one_of(PREDICTIONS))
     score: bool = True  # score generated videos with ToyBench (task generate)
     segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
     # The `toy_data` task: webdataset shards of rendered multi-shot clips.

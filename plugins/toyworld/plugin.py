@@ -38,6 +38,7 @@ class ToyWorldConfig:
     heldout_clips: int = attrs.field(default=64, validator=at_least(0))
     clip_frames: int = attrs.field(default=64, validator=at_least(2))  # pixel frames per clip
     max_shots: int = attrs.field(default=3, validator=in_range(1, 8))
+    switch_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))  # boundary = motion switch, not cut
     clips_per_shard: int = attrs.field(default=250, validator=at_least(1))
     data_workers: int = attrs.field(default=1, validator=in_range(1, 256))  # processes writing shards
     # The `toy_eval` task: ToyBench on held-out prompts (clip length = sampler.num_frames).
@@ -127,7 +128,7 @@ class ToyWorld:
                     data_dir / split, num_clips=clips, clips_per_shard=c.clips_per_shard,
                     seed=run.experiment.run.seed, split=split, frames=c.clip_frames, size=c.size, fps=c.fps,
                     max_shots=c.max_shots, chunk_frames=run.experiment.sampler.frames_per_chunk,
-                    temporal_factor=c.temporal_factor, workers=c.data_workers)]
+                    temporal_factor=c.temporal_factor, workers=c.data_workers, switch_prob=c.switch_prob)]
         return {"shards": out, "summary": f"wrote toy shards to {data_dir}"}
 
     def _evaluate(self, run) -> dict:

@@ -2,7 +2,8 @@
 
 Each sample is `<key>.video.npy` (uint8 [T, H, W, 3], exact) and `<key>.json` (fps, the prompt
 schedule in pixel frames, per-chunk captions, shot boundaries in frames and chunks, the clip seed
-and the structured scenes). Shards are plain (uncompressed) tars, so readers can seek to members.
+and the structured scenes; a shot marked `switch` continues the previous shot's object with a
+new motion, see `world.sample_clip`). Shards are plain (uncompressed) tars, so readers can seek to members.
 Cuts fall on chunk boundaries. A chunk is `chunk_frames` latent frames; with codec temporal
 factor tau the first latent is 1 pixel frame and every later one tau (the Wan causal layout).
 
@@ -59,17 +60,17 @@ def chunk_pixel_bounds(frames: int, chunk_frames: int, temporal_factor: int) -> 
 
 
 def clip_sample(seed: int, split: str, index: int, *, frames: int, size: int, fps: float, max_shots: int,
-                chunk_frames: int, temporal_factor: int) -> dict:
+                chunk_frames: int, temporal_factor: int, switch_prob: float = 0.0) -> dict:
     """One webdataset sample (key, npy bytes, json metadata) of a freshly rendered clip."""
     cseed = clip_seed(seed, split, index)
     chunks = chunk_pixel_bounds(frames, chunk_frames, temporal_factor)
     rng = np.random.default_rng([cseed, 1])  # a stream apart from the clip's own
     num_shots = int(rng.integers(1, min(max_shots, len(chunks)) + 1))
     clip = sample_clip(cseed, num_shots=num_shots, frames=frames, size=size, fps=fps,
-                       cut_candidates=[a for a, _ in chunks[1:]], min_shot_frames=1)
+                       cut_candidates=[a for a, _ in chunks[1:]], min_shot_frames=1, switch_prob=switch_prob)
     chunk_starts = [a for a, _ in chunks]
     shots = [dict(start_frame=s.start_frame, num_frames=s.num_frames, start_chunk=chunk_starts.index(s.start_frame),
-                  caption=s.caption, scene=s.scene.to_dict()) for s in clip.shots]
+                  caption=s.caption, scene=s.scene.to_dict(), switch=s.switch) for s in clip.shots]
     captions = clip.frame_captions()
     meta = dict(
         key=f"{split}-{index:09d}", split=split, index=index, seed=cseed, fps=fps, size=size, num_frames=frames,
@@ -84,7 +85,7 @@ def clip_sample(seed: int, split: str, index: int, *, frames: int, size: int, fp
 
 def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed: int, split: str, frames: int, *,
                  size: int = 64, fps: float = 8.0, max_shots: int = 3, chunk_frames: int = 4,
-                 temporal_factor: int = 1, workers: int = 1) -> list[Path]:
+                 temporal_factor: int = 1, workers: int = 1, switch_prob: float = 0.0) -> list[Path]:
     """Render `num_clips` clips into `{split}-NNNNNN.tar` shards under `out_dir`; returns the paths.
 
     Each shard is written to a temporary name and renamed when complete, so a shard file that
@@ -102,7 +103,7 @@ def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clip_args = dict(frames=frames, size=size, fps=fps, max_shots=max_shots, chunk_frames=chunk_frames,
-                     temporal_factor=temporal_factor)
+                     temporal_factor=temporal_factor, switch_prob=switch_prob)
     jobs = [(out_dir / f"{split}-{shard:06d}.tar", seed, split, range(first, min(first + clips_per_shard, num_clips)),
              clip_args) for shard, first in enumerate(range(0, num_clips, clips_per_shard))]
     with tqdm(total=num_clips, desc=f"toy shards {split}", unit="clip", disable=None) as bar:

@@ -129,6 +129,14 @@ def sample_scene(rng: np.random.Generator, previous: Scene | None = None) -> Sce
                  size=pick(tuple(SIZES), None), bounce=bool(rng.integers(2)))
 
 
+def switch_motion(rng: np.random.Generator, scene: Scene) -> Scene:
+    """The same object on the same background with a new motion: another direction, and a random
+    speed and edge behaviour (a prompt switch that only changes how the object moves)."""
+    directions = [d for d in DIRECTIONS if d != scene.direction]
+    return attrs.evolve(scene, direction=directions[int(rng.integers(len(directions)))],
+                        speed=tuple(SPEEDS)[int(rng.integers(len(SPEEDS)))], bounce=bool(rng.integers(2)))
+
+
 @attrs.frozen(kw_only=True)
 class MotionState:
     """Where the object of `scene` is at the next frame to render (x, y in frame units 0..1).
@@ -236,6 +244,7 @@ class Shot:
     scene: Scene
     start_frame: int  # pixel frames
     num_frames: int
+    switch: bool = False  # True: the object carries on from the previous shot with a new motion
 
     @property
     def caption(self) -> str:
@@ -276,23 +285,31 @@ def _sample_cuts(rng: np.random.Generator, num_shots: int, frames: int,
 
 
 def sample_clip(seed: int, *, num_shots: int = 2, frames: int = 64, size: int = 64, fps: float = 8.0,
-                cut_candidates: Sequence[int] | None = None, min_shot_frames: int | None = None) -> Clip:
-    """A random clip of `frames` frames in `num_shots` shots; a cut changes background and object.
+                cut_candidates: Sequence[int] | None = None, min_shot_frames: int | None = None,
+                switch_prob: float = 0.0) -> Clip:
+    """A random clip of `frames` frames in `num_shots` shots.
 
-    Cuts fall on frames from `cut_candidates` (default: any frame), each shot lasting at least
-    `min_shot_frames` (default: a quarter of an even split).
+    Each boundary is a cut (new background and object at a random place) or, with probability
+    `switch_prob`, a motion switch (`switch_motion`: the object keeps its place and changes how it
+    moves). Boundaries fall on frames from `cut_candidates` (default: any frame), each shot lasting
+    at least `min_shot_frames` (default: a quarter of an even split). With `switch_prob` 0 no draw
+    is spent on the choice, so such clips equal those of earlier versions.
     """
+    if not 0.0 <= switch_prob <= 1.0:
+        raise ConfigError(f"toyworld: switch_prob={switch_prob} must lie in [0, 1]")
     if num_shots < 1 or frames < num_shots:
         raise ConfigError(f"toyworld: need 1 <= num_shots <= frames; got num_shots={num_shots}, frames={frames}")
     rng = np.random.default_rng(seed)
     candidates = range(1, frames) if cut_candidates is None else cut_candidates
     min_len = max(1, frames // (4 * num_shots)) if min_shot_frames is None else min_shot_frames
     bounds = [0, *_sample_cuts(rng, num_shots, frames, candidates, min_len), frames]
-    shots, parts, scene = [], [], None
+    shots, parts, scene, state = [], [], None, None
     for start, end in zip(bounds[:-1], bounds[1:]):
-        scene = sample_scene(rng, previous=scene)
-        video, _ = render_shot(scene, end - start, size=size, fps=fps, rng=rng)
-        shots.append(Shot(scene=scene, start_frame=start, num_frames=end - start))
+        switch = scene is not None and switch_prob > 0 and bool(rng.random() < switch_prob)
+        scene = switch_motion(rng, scene) if switch else sample_scene(rng, previous=scene)
+        video, state = render_shot(scene, end - start, size=size, fps=fps, rng=rng,
+                                   start_state=state if switch else None)
+        shots.append(Shot(scene=scene, start_frame=start, num_frames=end - start, switch=switch))
         parts.append(video)
     log.debug("toyworld clip seed=%d: %d shots, cuts at %s", seed, num_shots, bounds[1:-1])
     return Clip(video=np.concatenate(parts), shots=tuple(shots), fps=fps, seed=seed)

@@ -1,4 +1,4 @@
-"""Toy shards: written atomically, read back exactly, chunk bookkeeping, disjoint splits."""
+"""Toy shards: written atomically, read back exactly, chunk bookkeeping, switch marks, disjoint splits."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,6 +40,15 @@ def test_parallel_writers_write_the_same_clips(tmp_path):
     for a, b in zip(shards.iter_clips(sorted(map(str, one))), shards.iter_clips(sorted(map(str, two))), strict=True):
         assert a["key"] == b["key"] and a["meta"] == b["meta"] and np.array_equal(a["video"], b["video"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [p.name for p in two]  # no temp files left
+
+
+def test_switch_shots_are_marked(tmp_path):
+    paths = shards.write_shards(tmp_path, num_clips=6, clips_per_shard=6, seed=1, split="train", frames=16,
+                                size=32, max_shots=3, chunk_frames=2, switch_prob=1.0)
+    metas = [s["meta"] for s in shards.iter_clips(str(paths[0]))]
+    flags = [shot["switch"] for m in metas for shot in m["shots"]]
+    assert flags.count(True) == len(flags) - len(metas) > 0  # every shot after the first is a switch
+    assert all(len({shot["scene"]["color"] for shot in m["shots"]}) == 1 for m in metas)
 
 
 def test_chunk_bounds_follow_the_causal_layout():

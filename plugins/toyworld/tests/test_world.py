@@ -1,4 +1,4 @@
-"""The shapes world: determinism, captions, rendered motion, chunk continuity and cuts."""
+"""The shapes world: determinism, captions, rendered motion, chunk continuity, cuts and motion switches."""
 from __future__ import annotations
 
 import itertools
@@ -119,6 +119,30 @@ def test_prompt_switch_keeps_position_and_restarts_motion():
     c = _centres(video, "black")
     assert abs(c[0, 0] - state.x * 64) < 0.6 and abs(c[0, 1] - state.y * 64) < 0.6
     assert c[1, 1] > c[0, 1] and abs(c[1, 0] - c[0, 0]) < 0.6  # moves down, as the new caption says
+
+
+def test_motion_switches_keep_the_object_and_its_place():
+    switches = 0
+    for seed in range(8):
+        clip = w.sample_clip(seed, num_shots=3, frames=30, cut_candidates=range(0, 30, 5), switch_prob=1.0)
+        for prev, nxt in zip(clip.shots, clip.shots[1:]):
+            assert nxt.switch and prev.scene.direction != nxt.scene.direction
+            keep = ("shape", "color", "background", "size")
+            assert all(getattr(prev.scene, k) == getattr(nxt.scene, k) for k in keep)
+            c = _centres(clip.video[nxt.start_frame - 1: nxt.start_frame + 1], nxt.scene.background)
+            step = w.SPEEDS[prev.scene.speed] / clip.fps * 64  # px per frame of the shot before
+            gap = (c[1] - c[0] + 32) % 64 - 32  # on the torus
+            assert np.hypot(*gap) <= step + 14, (seed, gap)  # one step, or a clamp back inside the walls
+            switches += 1
+    assert switches == 16
+
+
+def test_no_switch_draw_without_switches():
+    a = w.sample_clip(3, num_shots=3, frames=30)
+    b = w.sample_clip(3, num_shots=3, frames=30, switch_prob=0.0)
+    assert np.array_equal(a.video, b.video) and not any(s.switch for s in a.shots)
+    with pytest.raises(ConfigError, match="switch_prob"):
+        w.sample_clip(3, switch_prob=1.5)
 
 
 def test_cuts_change_background_object_and_caption():

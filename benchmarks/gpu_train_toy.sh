@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_train_toy.sh ar3         4 GPUs  -> runs/toy_ar3        (~7 min, caption dropout)
 #   bash benchmarks/gpu_train_toy.sh ar4         4 GPUs  -> runs/toy_ar4        (~7 min)
 #   bash benchmarks/gpu_train_toy.sh ar5         4 GPUs  -> runs/toy_ar5        (~8 min, motion switches) = toy_ar.safetensors
+#   bash benchmarks/gpu_train_toy.sh ar6         4 GPUs  -> runs/toy_ar6        (~4 min; experiment, not shipped)
 # Each stage starts from the previous stage's runs/ folder (kept on a warm machine, or carried);
 # ar3 on a fresh machine starts from the repo's weights at commit 9b22c4c (= stage ar2's export).
 # The recipes are experiments/toy/{data,pretrain,pretrain2,train_ar,train_ar2}.toml, then
@@ -25,7 +26,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
     > "$OUT/toy_$stage.env.txt"
 data=data
-case $stage in ar3|ar4) data=data2 ;; ar5) data=data3 ;; esac
+case $stage in ar3|ar4) data=data2 ;; ar5|ar6) data=data3 ;; esac
 data_dir=data/toy${data#data}
 [[ -d $data_dir/train ]] || python3 -m longlive run experiments/toy/$data.toml --run-dir /tmp/toy_$data 2>&1 | tail -2
 if [[ $stage == ar3 && ! -f runs/toy_ar2/model.safetensors ]]; then
@@ -36,8 +37,8 @@ case $stage in
   pretrain) launch=(python3); exp=experiments/toy/pretrain.toml ;;
   pretrain2) launch=(torchrun --standalone --nproc_per_node 4); exp=experiments/toy/pretrain2.toml ;;
   ar) launch=(torchrun --standalone --nproc_per_node 4); exp=experiments/toy/train_ar.toml ;;
-  ar2|ar3|ar4|ar5) launch=(torchrun --standalone --nproc_per_node 4); exp=experiments/toy/train_$stage.toml ;;
-  *) echo "unknown stage $stage; use pretrain, pretrain2, ar, ar2, ar3, ar4 or ar5" >&2; exit 2 ;;
+  ar2|ar3|ar4|ar5|ar6) launch=(torchrun --standalone --nproc_per_node 4); exp=experiments/toy/train_$stage.toml ;;
+  *) echo "unknown stage $stage; use pretrain, pretrain2, ar, ar2, ar3, ar4, ar5 or ar6" >&2; exit 2 ;;
 esac
 dir=runs/toy_$stage
 "${launch[@]}" -m longlive run "$exp" --run-dir "$dir" > "$OUT/toy_$stage.stdout" 2>&1 || { tail -20 "$OUT/toy_$stage.stdout"; exit 1; }

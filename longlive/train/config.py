@@ -44,6 +44,8 @@ class TrainConfig:
     time_weighting: str = attrs.field(default="gaussian", validator=one_of(TIME_WEIGHTINGS))
     cache_latents: bool = False  # keep encoded latents and text in memory (small datasets)
     caption_dropout: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))  # P(empty prompt), for CFG
+    # Loss weight of chunks that start a caption (chunk 0, cuts, prompt switches); 1 = plain mean.
+    caption_start_weight: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0))
     log_every: int = attrs.field(default=10, validator=at_least(1))
     save_every: int = attrs.field(default=500, validator=at_least(0))  # 0: only the final checkpoint
     keep_previous: bool = True  # keep the checkpoint before `last` as `previous`

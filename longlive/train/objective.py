@@ -17,6 +17,10 @@ frame of a chunk sharing its chunk's timestep).
 
 Loss: per-frame MSE over (C, H, W), times the time weight w(t) of the frame's timestep,
 averaged over batch and frames: L = mean_{b,f} w(t_bf) * mean_{c,h,w} (v_pred - v)^2.
+With `caption_start_weight` c != 1, the frames of every chunk that starts a caption (chunk 0,
+and each chunk whose text context differs from the chunk before: a cut or a prompt switch) are
+weighted c times more; there only the caption tells what comes next, as no earlier chunk of the
+same caption shows it. The mean of the weights is not renormalised.
 Time weighting "gaussian" is LongLive's "bsmntw" weighting (DiffSynth's FlowMatchScheduler
 training weights, which LongLive 2.0 uses): on the grid above
 
@@ -68,10 +72,12 @@ class FlowMatchingObjective:
     device, re-seeded per sample. `metrics`: detached 0-d tensors (no host sync here).
     """
 
-    def __init__(self, *, mode: str, frames_per_chunk: int, shift: float, weighting: str) -> None:
+    def __init__(self, *, mode: str, frames_per_chunk: int, shift: float, weighting: str,
+                 caption_start_weight: float = 1.0) -> None:
         if mode not in ("teacher_forcing", "bidirectional"):
             raise ConfigError(f"train.mode: {mode!r} is not known; use teacher_forcing or bidirectional")
         self.mode, self.frames_per_chunk = mode, frames_per_chunk
+        self.caption_start_weight = caption_start_weight
         sigmas = sigma_grid(shift)
         self.sigmas = sigmas.float()  # [N]
         self.weights = time_weights(sigmas * TRAIN_TIMESTEPS, weighting).float()  # [N], mean 1
@@ -82,7 +88,8 @@ class FlowMatchingObjective:
 
         cfg = train_config(run)
         return cls(mode=cfg.mode, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
-                   shift=cfg.timestep_shift, weighting=cfg.time_weighting)
+                   shift=cfg.timestep_shift, weighting=cfg.time_weighting,
+                   caption_start_weight=cfg.caption_start_weight)
 
     def draw(self, x0: torch.Tensor, seeds: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,9 +117,21 @@ class FlowMatchingObjective:
             pred = model(x_t, t[:, 0], batch["context"])
         mse = (pred.float() - target).pow(2).mean(dim=(1, 3, 4))  # [B, F]
         weight = self.weights.to(x0.device)[index]  # [B, F]
+        if self.caption_start_weight != 1.0:
+            weight = weight * self._caption_starts(batch["context"], x0.shape[2])
         loss = (mse * weight).mean()
         metrics = {"loss": loss.detach(), "mse": mse.detach().mean(), "sigma": sigma.mean()}
         return loss, metrics
+
+    def _caption_starts(self, context: torch.Tensor, frames: int) -> torch.Tensor:
+        """Frame weights [B, F]: caption_start_weight in chunks that start a caption, else 1."""
+        starts = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)  # [B, n_chunks]
+        starts[:, 1:] = (context[:, 1:] != context[:, :-1]).flatten(2).any(-1)
+        if starts.shape[1] != self._chunks(frames):
+            raise ConfigError(f"train.caption_start_weight: {starts.shape[1]} captions for {frames} latent frames; "
+                              f"the batch needs one caption per chunk of {self.frames_per_chunk} frames")
+        weight = torch.where(starts, self.caption_start_weight, 1.0).float()  # [B, n_chunks]
+        return weight.repeat_interleave(self.frames_per_chunk, dim=1)
 
     def _chunks(self, frames: int) -> int:
         if frames % self.frames_per_chunk:

@@ -164,3 +164,28 @@ def test_training_from_scratch_uses_wans_seeded_initialisation():
         assert torch.equal(p, q), name  # seeded
     assert not torch.equal(a.blocks[0].self_attn.q.weight, c.blocks[0].self_attn.q.weight)
     assert not a.head.head.weight.any() and torch.equal(a.blocks[0].norm3.weight, torch.ones_like(a.blocks[0].norm3.weight))
+
+
+@pytest.mark.parametrize("mode", ["teacher_forcing", "bidirectional"])
+def test_caption_start_weight_scales_the_chunks_that_start_a_caption(mode):
+    b = batch()
+    b["context"][:, 1] = b["context"][:, 0]  # sample by sample: chunk 1 continues chunk 0's caption
+    b["context"][1, 2] = b["context"][1, 1]  # sample 1: chunk 2 too (one caption throughout)
+    wrong = ExactModel(b["latents"] + 0.1)
+    obj = FlowMatchingObjective(mode=mode, frames_per_chunk=FPC, shift=5.0, weighting="uniform",
+                                caption_start_weight=4.0)
+    loss, metrics = obj(wrong, b, torch.Generator())
+    plain, _ = objective(mode, weighting="uniform")(wrong, b, torch.Generator())
+    # Reference: the per-frame MSE (same draws) weighted by hand.
+    noise, index = obj.draw(b["latents"], b["seeds"], torch.Generator())
+    sigma = obj.sigmas[index]
+    x_t = FlowMatching.add_noise(b["latents"], noise, sigma)
+    t = FlowMatching.timestep(sigma)
+    pred = wrong.forward_teacher(None, x_t, t, None, frames_per_block=FPC) if mode == "teacher_forcing" else \
+        wrong(x_t, t[:, 0], None)
+    mse = (pred - FlowMatching.velocity_target(b["latents"], noise)).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+    starts = torch.tensor([[1, 0, 1], [1, 0, 0], [1, 0, 1]], dtype=torch.float32)  # [B, chunks]
+    weight = (1 + 3 * starts).repeat_interleave(FPC, dim=1)
+    torch.testing.assert_close(loss, (mse * weight).mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(plain, mse.mean(), rtol=1e-5, atol=0)
+    assert math.isfinite(float(loss)) and float(loss) > float(plain)

@@ -51,13 +51,15 @@ def _follows(d: np.ndarray, direction: str) -> bool:
     return bool(np.linalg.norm(d) > 0 and d @ u / np.linalg.norm(d) > math.cos(math.pi / 8))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="toy DiT weights (safetensors)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--frames", type=int, default=16, help="latent frames per clip; a multiple of 8")
     parser.add_argument("--guidance", type=float, default=1.0)
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the experiment's 8)")
+    parser.add_argument("--directions", nargs="+", choices=tuple(DIRECTIONS), default=list(DIRECTIONS))
+    args = parser.parse_args(argv)
     if args.frames % (2 * CHUNK):
         parser.error(f"--frames {args.frames} must be a multiple of {2 * CHUNK}")
     path = str(Path(args.checkpoint).resolve()).replace('"', '\\"')  # the experiment resolves relative to itself
@@ -66,11 +68,11 @@ def main() -> None:
     parts = None
     for seed in range(args.seeds):
         overrides = [f'model.checkpoint="{path}"', f"sampler.num_frames={args.frames}", f"run.seed={seed}",
-                     f"sampler.guidance={args.guidance}"]
+                     f"sampler.guidance={args.guidance}"] + ([f"sampler.steps={args.steps}"] if args.steps else [])
         run = make_run(load_experiment(EXPERIMENT, overrides), create_dir=False)
         parts = parts or build_parts(run)  # same weights for every seed; the seed only sets the noise
         firsts = []
-        for d in DIRECTIONS:
+        for d in args.directions:
             steps = _displacements(run, parts, [(d, args.frames)], args.frames)
             first, whole = steps[:CHUNK - 1].sum(0), steps.sum(0)
             firsts.append(first)
@@ -82,10 +84,11 @@ def main() -> None:
                   f"clip ({whole[0]:+5.1f},{whole[1]:+5.1f})  after left->{d} ({after[0]:+5.1f},{after[1]:+5.1f})")
         f = np.array(firsts)
         spreads.append(float(np.linalg.norm(f[:, None] - f[None], axis=-1).max()))
-    n = args.seeds * len(DIRECTIONS)
-    print(f"checkpoint {args.checkpoint}, guidance {args.guidance}, {args.seeds} seeds x {len(DIRECTIONS)} words")
+    n = args.seeds * len(args.directions)
+    print(f"checkpoint {args.checkpoint}, guidance {args.guidance}, {args.seeds} seeds x {len(args.directions)} words")
     print(f"first-chunk spread across direction words: {', '.join(f'{s:.1f}' for s in spreads)} px")
     print(f"clip follows its caption: {start_ok}/{n}; follows a switch from left: {switch_ok}/{n}")
+    return {"spread_px": spreads, "clips": n, "follow_caption": start_ok, "follow_switch": switch_ok}
 
 
 if __name__ == "__main__":

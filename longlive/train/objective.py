@@ -17,10 +17,6 @@ frame of a chunk sharing its chunk's timestep).
 
 Loss: per-frame MSE over (C, H, W), times the time weight w(t) of the frame's timestep,
 averaged over batch and frames: L = mean_{b,f} w(t_bf) * mean_{c,h,w} (v_pred - v)^2.
-With `caption_start_weight` c != 1, the frames of every chunk that starts a caption (chunk 0,
-and each chunk whose text context differs from the chunk before: a cut or a prompt switch) are
-weighted c times more; there only the caption tells what comes next, as no earlier chunk of the
-same caption shows it. The mean of the weights is not renormalised.
 Time weighting "gaussian" is LongLive's "bsmntw" weighting (DiffSynth's FlowMatchScheduler
 training weights, which LongLive 2.0 uses): on the grid above
 
@@ -28,6 +24,12 @@ training weights, which LongLive 2.0 uses): on the grid above
 
 a bump centred at t = 500, zero at the grid point farthest from 500 (t = 1000 at shift 5), and
 mean 1 over the grid, so E[w] = 1 under uniform index sampling. "uniform" is w = 1.
+
+With `caption_start_weight` c != 1, the frames of every chunk that starts a caption (chunk 0,
+and each chunk whose text context differs from the chunk before: a cut or a prompt switch) are
+weighted c times more on top of w(t); there only the caption tells what comes next, as no earlier
+chunk of the same caption shows it. A sample whose captions were dropped (caption_dropout) has one
+caption, so only its chunk 0 counts. The mean of the weights is not renormalised.
 
 Randomness: every sample carries a seed (DataStream derives it from run.seed and the sample's
 position in the stream); the objective re-seeds the `generator` it is given with each sample's

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--steps", type=int, help="sampler steps (default: the experiment's 8)")
     parser.add_argument("--directions", nargs="+", choices=tuple(DIRECTIONS), default=list(DIRECTIONS))
+    parser.add_argument("--device", default="cpu", help="run.device: cpu (default), cuda or auto")
     args = parser.parse_args(argv)
     if args.frames % (2 * CHUNK):
         parser.error(f"--frames {args.frames} must be a multiple of {2 * CHUNK}")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     parts = None
     for seed in range(args.seeds):
         overrides = [f'model.checkpoint="{path}"', f"sampler.num_frames={args.frames}", f"run.seed={seed}",
-                     f"sampler.guidance={args.guidance}"] + ([f"sampler.steps={args.steps}"] if args.steps else [])
+                     f"sampler.guidance={args.guidance}", f'run.device="{args.device}"'] + ([f"sampler.steps={args.steps}"] if args.steps else [])
         run = make_run(load_experiment(EXPERIMENT, overrides), create_dir=False)
         parts = parts or build_parts(run)  # same weights for every seed; the seed only sets the noise
         firsts = []

@@ -8,7 +8,9 @@ toy codec is lossless). Three cases:
 - start: chunk 0 of a one-shot clip (no context: position and direction come from x_t and text).
 - switch: chunk 2 after a prompt switch at frame 8 (the object keeps its place; only the caption
   says where it goes next).
-- continue: chunk 2 of a one-shot clip (the context shows the motion).
+- continue: chunk 2 of a one-shot clip (the context shows the motion). With the opposite word the
+  target chunk's caption differs from its context's, so for the model it is a prompt switch to
+  the opposite direction: a model that reads the word turns round.
 Each is scored with the true caption and with the opposite direction word in the target chunk's
 caption. A model that reads the word has a lower error with the true caption at high sigma; equal
 errors mean the word is ignored there. For the switch case, `8 ways` is the error of an estimate

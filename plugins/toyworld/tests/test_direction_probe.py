@@ -26,7 +26,7 @@ def test_a_displacement_follows_a_direction_within_its_sector():
 
 def test_probe_runs_on_the_shipped_weights(capsys):
     result = _probe().main(["--checkpoint", str(ROOT / "plugins/toyworld/weights/toy_ar.safetensors"),
-                            "--seeds", "1", "--frames", "8", "--steps", "1", "--directions", "left", "down-right"])
+                            "--seeds", "1", "--frames", "8", "--steps", "2", "--directions", "left", "down-right"])
     assert result["clips"] == 2 and 0 <= result["follow_caption"] <= 2 and 0 <= result["follow_switch"] <= 2
     assert len(result["spread_px"]) == 1 and math.isfinite(result["spread_px"][0]) and result["spread_px"][0] >= 0
     out = capsys.readouterr().out

@@ -13,7 +13,7 @@ toy codec is lossless). Three cases:
   the opposite direction: a model that reads the word turns round.
 Each is scored with the true caption and with the opposite direction word in the target chunk's
 caption. A model that reads the word has a lower error with the true caption at high sigma; equal
-errors mean the word is ignored there. For the switch case, `8 ways` is the error of an estimate
+errors mean the word is ignored there. After chunk 0, `8 ways` is the error of an estimate
 that knows the place but not the direction: the mean of the chunk rendered in all 8 directions.
 
     python benchmarks/toy_caption_sensitivity.py --checkpoint plugins/toyworld/weights/toy_ar.safetensors

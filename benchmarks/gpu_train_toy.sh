@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_train_toy.sh ar4         4 GPUs  -> runs/toy_ar4        (~7 min)
 #   bash benchmarks/gpu_train_toy.sh ar5         4 GPUs  -> runs/toy_ar5        (~8 min, motion switches)
 #   bash benchmarks/gpu_train_toy.sh ar6         4 GPUs  -> runs/toy_ar6        (~4 min; experiment, not shipped)
-#   bash benchmarks/gpu_train_toy.sh ar7         4 GPUs  -> runs/toy_ar7        (~8 min, caption-start weight, from the shipped weights)
+#   bash benchmarks/gpu_train_toy.sh ar7         4 GPUs  -> runs/toy_ar7        (~8 min, caption-start weight, from stage ar5's export)
 #   bash benchmarks/gpu_train_toy.sh ar8         4 GPUs  -> runs/toy_ar8        (~8 min, twice the learning rate)
 #   bash benchmarks/gpu_train_toy.sh ar9         4 GPUs  -> runs/toy_ar9        (~7 min)
 #   bash benchmarks/gpu_train_toy.sh ar10        4 GPUs  -> runs/toy_ar10       (~4 min) = toy_ar.safetensors

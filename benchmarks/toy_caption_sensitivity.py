@@ -36,8 +36,7 @@ from longlive_plugins.toyworld.world import DIRECTIONS, MotionState, Scene, capt
 
 EXPERIMENT = "experiments/toy/eval_ar.toml"
 CHUNK = 4  # latent = pixel frames per chunk (codec temporal factor 1)
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
-            "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+OPPOSITE = {d: next(e for e, w in DIRECTIONS.items() if w == (-u[0], -u[1])) for d, u in DIRECTIONS.items()}
 CASES = ("start", "switch", "continue")
 
 
@@ -48,7 +47,8 @@ def _scene(direction: str) -> Scene:
 
 def _clip(case: str, direction: str, before: str,
           rng: np.random.Generator) -> tuple[np.ndarray, list[Scene], int, MotionState | None]:
-    """video uint8 [16, H, W, 3], the scene of each chunk, the target chunk, and (switch) the state there."""
+    """video uint8 [16, H, W, 3], the scene of each chunk, the target chunk, and the state the
+    target chunk starts from (None for chunk 0)."""
     if case == "start":
         video, _ = render_shot(_scene(direction), 4 * CHUNK, rng=rng)
         return video, [_scene(direction)] * 4, 0, None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from longlive.config import load_experiment
-from longlive.generate import build_parts
+from longlive.assembly import build_parts
 from longlive.run import make_run
 from longlive.sampling import FlowMatching
 from longlive.train.data import video_to_float

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from longlive.config import load_experiment
-from longlive.generate import build_parts, render
+from longlive.assembly import build_parts, render
 from longlive.prompts import PromptScript, Shot, chunk_prompts
 from longlive.run import make_run
 from longlive_plugins.toyworld.toybench import read_frames
@@ -39,8 +39,8 @@ def _caption(direction: str) -> str:
 def _displacements(run, parts, shots: list[tuple[str, int]], frames: int) -> np.ndarray:
     """Per-frame centre steps [T - 1, 2] (x, y) in pixels, the short way round the torus."""
     script = PromptScript(shot=tuple(Shot(prompt=_caption(d), frames=n) for d, n in shots))
-    video, _, _ = render(run, parts, chunk_prompts(script, num_frames=frames, frames_per_chunk=CHUNK),
-                         show_progress=False)
+    video = render(run, parts, chunk_prompts(script, num_frames=frames, frames_per_chunk=CHUNK),
+                   show_progress=False).video
     centre = read_frames(video[0]).centre  # [T, 2]
     size = video.shape[-1]
     return (np.diff(centre, axis=0) + size / 2) % size - size / 2

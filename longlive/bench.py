@@ -20,14 +20,16 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from longlive.generate import build_model, geometry_for, new_state
+from longlive.assembly import build_codec, build_model, build_sampler, build_text_encoder, new_chunk_loop
 from longlive.pipeline import ChunkLoop, chunk_noise
 from longlive.prompts import chunk_prompts, single_prompt
-from longlive.tasks import dit_preset
+
+if TYPE_CHECKING:
+    from longlive.run import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +37,18 @@ _ATTENTION = ("attention", "fmha", "flash", "cudnn", "sdpa", "flex")
 _GEMM = ("gemm", "matmul", "nvjet", "cutlass", "xmma", "sm90_", "cublas", "aten::addmm", "aten::mm", "aten::bmm")
 
 
-def run_benchmark(run: Any) -> dict:
+def run_benchmark(run: RunContext) -> dict:
     exp, b, s = run.experiment, run.experiment.bench, run.experiment.sampler
     cuda = run.device.type == "cuda"
-    preset = dit_preset(run)
-    codec_spec = run.components.get("codec", exp.model.codec, where="model.codec").value
-    geometry = geometry_for(run, codec_spec, preset)
+    preset, codec_spec, geometry = run.preset, run.codec_spec, run.geometry
     chunks = b.warmup_chunks + b.measure_chunks + b.profile_chunks
     schedule = chunk_prompts(single_prompt("benchmark", chunks * s.frames_per_chunk), num_frames=chunks *
                              s.frames_per_chunk, frames_per_chunk=s.frames_per_chunk)
     if cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
     model = build_model(run)
-    text = run.components.get("text_encoder", exp.model.text_encoder, where="model.text_encoder").value(run)
-    sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
-    state = new_state(run, model, sampler, text, geometry, 1)
-    loop = ChunkLoop(state, run.hook, run)
+    loop = new_chunk_loop(run, model=model, sampler=build_sampler(run), text=build_text_encoder(run), geometry=geometry)
+    state = loop.state
     shape = geometry.latent_shape(s.frames_per_chunk, codec_spec.latent_channels)
     noise = [chunk_noise(shape, i, exp.run.seed, run.device, run.dtype) for i in range(chunks)]
     state.context("benchmark")  # embed the prompt before timing
@@ -74,7 +72,7 @@ def run_benchmark(run: Any) -> dict:
         result["time_split"] = _profile(loop, schedule[-b.profile_chunks:], noise, cuda)
     del state, loop, model
     if b.vae_chunks:
-        decode_s = _vae_decode_seconds(run, codec_spec, outputs[-1], b.vae_chunks, cuda)
+        decode_s = _vae_decode_seconds(run, outputs[-1], b.vae_chunks, cuda)
         result["vae_decode_chunk_seconds_median"] = decode_s
         result["vae_decode_fps"] = pixel_frames / decode_s
         result["end_to_end_fps"] = pixel_frames / (result["chunk_seconds_median"] + decode_s)
@@ -138,9 +136,9 @@ def _profile(loop: ChunkLoop, schedule: list, noise: list, cuda: bool) -> dict:
     return split
 
 
-def _vae_decode_seconds(run: Any, codec_spec: Any, latents: torch.Tensor, chunks: int, cuda: bool) -> float:
+def _vae_decode_seconds(run: RunContext, latents: torch.Tensor, chunks: int, cuda: bool) -> float:
     """Median time to stream-decode one chunk of latents (after one warm-up chunk)."""
-    codec = codec_spec.build(run)
+    codec = build_codec(run)
     state = codec.decode_stream()
     times = []
     with torch.inference_mode():

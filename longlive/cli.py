@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from longlive.errors import ConfigError, LongLiveError
+from longlive.monitor import PROGRESS_LOGGER
 
 log = logging.getLogger("longlive")
 
@@ -100,11 +101,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from longlive.config import load_experiment
-    from longlive.run import make_run
+    from longlive.run import check_experiment
 
     for path in args.experiments:
-        experiment = load_experiment(path, args.overrides)
-        make_run(experiment, create_dir=False)
+        check_experiment(load_experiment(path, args.overrides))
         print(f"ok: {path}")
     return EXIT_OK
 
@@ -144,6 +144,8 @@ def _configure_console_logging(level: int) -> None:
     rank = int(os.environ.get("RANK", "0"))  # launchers (torchrun) set RANK
     if rank != 0:
         console.addFilter(lambda record: record.levelno >= logging.WARNING)
+    if sys.stderr.isatty():  # a terminal shows tqdm bars; log.txt (and pipes, CI) get the progress lines
+        console.addFilter(lambda record: record.name != PROGRESS_LOGGER)
     root.addHandler(console)
     for noisy in ("PIL", "matplotlib", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

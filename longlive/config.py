@@ -2,9 +2,12 @@
 
 An experiment is one TOML file. Each top-level table has one owner class below; every default
 lives in exactly one attrs field. `[plugins.<name>]` tables are validated by the plugin's own
-`Config` class when the plugin manager is built (longlive/registry/manager.py). Relative paths
-in the file are resolved against the folder that holds the file, so an experiment runs the same
-from any working directory.
+`Config` class when the plugin manager is built (longlive/registry/manager.py).
+
+Path semantics: a relative path written in the file is relative to the folder that holds the
+file, so an experiment runs the same from any working directory; a relative path given on the
+command line (`--set model.checkpoint=...`) is relative to the directory the command runs in.
+`Experiment.path(value, key)` applies the rule for every path key, the plugins' included.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class RunConfig:
     output_dir: str = "runs"  # the run writes to <output_dir>/<name>/<timestamp>/
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     dtype: str = attrs.field(default="auto", validator=one_of(DTYPES))  # auto: bf16 on cuda, fp32 on cpu
+    threads: int = attrs.field(default=0, validator=in_range(0, 1024))  # torch CPU threads; 0 = auto (see run.py)
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +122,15 @@ class Experiment:
     train: Any = None  # structured by longlive.train (TrainConfig) when the task is train
     plugins: dict[str, dict] = attrs.field(factory=dict)
     source: Path | None = None  # the file it came from (not part of the schema)
+    command_line_keys: frozenset[str] = frozenset()  # dotted keys given with --set (their paths are cwd-relative)
+
+    def path(self, value: str, key: str) -> Path:
+        """Resolve a path value of `key` (dotted, e.g. "train.data" or "plugins.toyworld.data_dir")."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        from_file = key not in self.command_line_keys and self.source is not None
+        return (self.source.parent if from_file else Path.cwd()) / path
 
 
 _SECTIONS = ("run", "model", "sampler", "generate", "bench", "train", "plugins")
@@ -137,12 +150,12 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    for item in overrides:
-        apply_override(table, item)
-    return experiment_from_table(table, source=path)
+    keys = frozenset(apply_override(table, item) for item in overrides)
+    return experiment_from_table(table, source=path, command_line_keys=keys)
 
 
-def experiment_from_table(table: dict, *, source: Path | None = None) -> Experiment:
+def experiment_from_table(table: dict, *, source: Path | None = None,
+                          command_line_keys: frozenset[str] = frozenset()) -> Experiment:
     """Validate a parsed TOML table (after overrides) into an Experiment."""
     from longlive.structure import nearest
 
@@ -152,8 +165,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None) -> Experim
                               f"valid tables: {', '.join(_SECTIONS)}")
     if "run" not in table:
         raise ConfigError("run: missing table [run]; every experiment needs [run] with at least name = \"...\"")
-    base = source.parent if source is not None else Path.cwd()
-    table = _resolve_paths(table, base)
+    table = _resolve_paths(table, source, command_line_keys)
     plugins = table.get("plugins", {})
     if not isinstance(plugins, dict) or any(not isinstance(v, dict) for v in plugins.values()):
         raise ConfigError("plugins: must hold only tables, written [plugins.<name>]")
@@ -175,24 +187,32 @@ def experiment_from_table(table: dict, *, source: Path | None = None) -> Experim
     if run.task == "train" and "train" not in table:
         raise ConfigError("train: missing table [train] (task = \"train\")")
     return Experiment(run=run, model=model, sampler=sampler, generate=generate, bench=bench,
-                      train=table.get("train"), plugins=dict(plugins), source=source)
+                      train=table.get("train"), plugins=dict(plugins), source=source,
+                      command_line_keys=command_line_keys)
 
 
-def _resolve_paths(table: dict, base: Path) -> dict:
+def _resolve_paths(table: dict, source: Path | None, command_line_keys: frozenset[str]) -> dict:
+    """Make the core's path keys absolute (see the module docstring) and check that they exist."""
     table = {k: (dict(v) if isinstance(v, dict) else v) for k, v in table.items()}
+    locator = Experiment(run=RunConfig(name="-"), source=source, command_line_keys=command_line_keys)
     for section, key in _PATH_KEYS:
         value = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
         if isinstance(value, str):
-            resolved = (base / value).expanduser() if not Path(value).is_absolute() else Path(value)
+            dotted = f"{section}.{key}"
+            resolved = locator.path(value, dotted)
             if not resolved.exists():
-                raise ConfigError(f"{section}.{key}: file {value!r} does not exist "
-                                  f"(looked for {resolved}); fix the path, relative to the experiment file")
+                relative_to = "the current directory (given with --set)" if dotted in command_line_keys or \
+                    source is None else f"the experiment file's folder {source.parent}"
+                raise ConfigError(f"{dotted}: file {value!r} does not exist (looked for {resolved}); "
+                                  f"fix the path, relative to {relative_to}")
             table[section][key] = str(resolved)
     return table
 
 
-def apply_override(table: dict, item: str) -> None:
-    """Apply one `section.key=value` override (value in TOML syntax; bare words are strings)."""
+def apply_override(table: dict, item: str) -> str:
+    """Apply one `section.key=value` override (value in TOML syntax; bare words are strings).
+
+    Returns the dotted key it set."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     parts = key.split(".")
@@ -213,6 +233,7 @@ def apply_override(table: dict, item: str) -> None:
             raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a table")
         node = child
     node[parts[-1]] = value
+    return key
 
 
 # ---- writing the resolved experiment -------------------------------------------------------

@@ -1,18 +1,31 @@
 """The core's own hook implementations: built-in components and the default of every role.
 
 Registered first by the plugin manager under the name "core". Its role hooks are `trylast`, so
-an enabled plugin that provides the same role always takes precedence.
+an enabled plugin that provides the same role always takes precedence. Components are
+registered as `Lazy` references: nothing heavy is imported until a task builds one.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
+from longlive.components import CodecSpec, Lazy
+from longlive.errors import ConfigError
+from longlive.model.presets import DIT_PRESETS
 from longlive.registry import hookimpl
 
+if TYPE_CHECKING:
+    from longlive.cache import CachePolicy, CacheSpec, KVStorage
+    from longlive.components import ScopedRegistry
+    from longlive.config import Experiment
+    from longlive.protocols import Codec, Decoder, Objective
+    from longlive.run import RunContext
+
 log = logging.getLogger(__name__)
+
+_TEXT_EXTRA = "'longlive[text]'"  # transformers + sentencepiece
 
 
 @attrs.frozen
@@ -26,52 +39,65 @@ class CorePlugin:
     Config = CoreConfig
 
     @hookimpl
-    def longlive_register_components(self, registry) -> None:
-        from longlive import tasks
-        from longlive.components import CodecSpec
-        from longlive.model.presets import DIT_PRESETS
-
+    def longlive_register_components(self, registry: ScopedRegistry) -> None:
         for name, preset in DIT_PRESETS.items():
             registry.add("dit_preset", name, preset, summary=f"{preset.num_layers} layers, dim {preset.dim}")
         wan = dict(temporal_stride=4, spatial_stride=16, latent_channels=48)
-        registry.add("codec", "wan2.2-vae", CodecSpec(build=tasks.build_wan_vae, **wan),
+        registry.add("codec", "wan2.2-vae", CodecSpec(build=Lazy("longlive.core_components:build_wan_vae"), **wan),
                      summary="Wan2.2 VAE, stride 4x16x16, 48 channels")
-        registry.add("codec", "wan2.2-vae-debug", CodecSpec(build=tasks.build_debug_vae, **wan),
+        registry.add("codec", "wan2.2-vae-debug",
+                     CodecSpec(build=Lazy("longlive.core_components:build_debug_vae"), **wan),
                      summary="tiny Wan2.2-architecture VAE (tests)")
-        registry.add("text_encoder", "umt5-xxl", tasks.build_umt5, summary="UMT5-XXL encoder from a local directory")
-        registry.add("text_encoder", "random", tasks.build_random_text,
+        registry.add("text_encoder", "umt5-xxl", Lazy("longlive.core_components:build_umt5"),
+                     summary="UMT5-XXL encoder from a local directory",
+                     requires={"transformers": _TEXT_EXTRA, "sentencepiece": _TEXT_EXTRA})
+        registry.add("text_encoder", "random", Lazy("longlive.core_components:build_random_text"),
                      summary="deterministic random embeddings (benchmarks, tests)")
-        registry.add("sampler", "unipc", tasks.build_unipc, summary="Wan flow UniPC multistep (order 2)")
-        registry.add("sampler", "fewstep", tasks.build_fewstep, summary="x0-predict / re-noise few-step sampler")
-        registry.add("task", "generate", tasks.generate, summary="chunk-by-chunk AR generation to mp4")
-        registry.add("task", "bench", tasks.bench, summary="steady-state denoise-loop speed benchmark")
-        registry.add("task", "train", tasks.train, summary="bidirectional / AR teacher-forcing training")
+        registry.add("sampler", "unipc", Lazy("longlive.core_components:build_unipc"),
+                     summary="Wan flow UniPC multistep (order 2)")
+        registry.add("sampler", "fewstep", Lazy("longlive.core_components:build_fewstep"),
+                     summary="x0-predict / re-noise few-step sampler")
+        registry.add("dataset", "shards", Lazy("longlive.train.data:ShardClipDataset.from_config"),
+                     summary="webdataset shards: video + per-chunk captions (docs in longlive/train/data.py)")
+        registry.add("task", "generate", Lazy("longlive.generate:generate_video"),
+                     summary="chunk-by-chunk AR generation to mp4")
+        registry.add("task", "bench", Lazy("longlive.bench:run_benchmark"),
+                     summary="steady-state denoise-loop speed benchmark")
+        registry.add("task", "train", Lazy("longlive.train.trainer:run_training"),
+                     summary="bidirectional / AR teacher-forcing training")
+
+    @hookimpl
+    def longlive_configure(self, experiment: Experiment) -> None:
+        from longlive.core_components import UMT5_NEEDS_PATH
+
+        if experiment.model.text_encoder == "umt5-xxl" and experiment.model.text_encoder_path is None:
+            raise ConfigError(UMT5_NEEDS_PATH)
 
     @hookimpl(trylast=True)
-    def longlive_make_kv_storage(self, spec, run) -> Any:
+    def longlive_make_kv_storage(self, spec: CacheSpec) -> KVStorage:
         from longlive.cache import BF16Storage
 
         return BF16Storage(spec)
 
     @hookimpl(trylast=True)
-    def longlive_make_kv_policy(self, spec, run) -> Any:
+    def longlive_make_kv_policy(self, spec: CacheSpec) -> CachePolicy:
         from longlive.cache import SlidingWindowPolicy
 
         return SlidingWindowPolicy(num_slots=spec.num_slots, frames_per_chunk=spec.frames_per_chunk)
 
     @hookimpl(trylast=True)
-    def longlive_make_decoder(self, codec, run) -> Any:
+    def longlive_make_decoder(self, codec: Codec) -> Decoder:
         from longlive.decode import SyncDecoder
 
         return SyncDecoder(codec)
 
     @hookimpl(trylast=True)
-    def longlive_make_objective(self, run) -> Any:
+    def longlive_make_objective(self, run: RunContext) -> Objective:
         from longlive.train.objective import FlowMatchingObjective
 
         return FlowMatchingObjective.from_run(run)
 
     @hookimpl
-    def longlive_log(self, step, scalars, run) -> None:
+    def longlive_log(self, step: int, scalars: dict[str, float], run: RunContext) -> None:
         run.monitor.scalars(step, scalars)
         log.debug("step %d: %s", step, {k: round(float(v), 6) for k, v in scalars.items()})

@@ -1,21 +1,21 @@
 """The core's latent decoder: decodes each chunk as it arrives, on the caller's stream.
 
-Decoders follow one small protocol (see the `longlive_make_decoder` hook): `push(index, latents)`
-for each chunk in order, then `finish() -> video [B, 3, T, H, W]` in [-1, 1]. The streaming
+Decoders follow the `Decoder` protocol (longlive/protocols.py): `push(index, latents)` for each
+chunk in order, then `finish() -> video [B, 3, T, H, W]` in [-1, 1]; `close()` always. The streaming
 state of the causal codec carries temporal context across chunks, so the result equals a
 whole-video decode.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from longlive.protocols import Codec
 
 
 class SyncDecoder:
     """Decode chunk by chunk, synchronously; frames are moved to the CPU as they come."""
 
-    def __init__(self, codec: Any) -> None:
+    def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self._state = None
         self._frames: list[torch.Tensor] = []
@@ -30,3 +30,6 @@ class SyncDecoder:
         video = torch.cat(self._frames, dim=2) if self._frames else torch.empty(0)
         self._frames, self._state = [], None
         return video
+
+    def close(self) -> None:
+        self._frames, self._state = [], None

@@ -3,8 +3,11 @@
 One `ChunkLoop` owns the state of a generation (cache, prompt embeddings, the chunk counter)
 and advances it one chunk per `step()`:
 
-    events (shot start / prompt switch hooks) -> plan (cache.begin) -> denoise k steps
-    -> clean context pass at t=0 -> commit (cache.commit) -> hand latents to the decoder
+    live prompt (`longlive_next_prompt`) -> events (shot start / prompt switch hooks)
+    -> conditioning text (`longlive_prompt_prefix` + prompt) -> plan (cache.begin)
+    -> denoise k steps -> clean context pass at t=0 -> commit (cache.commit) -> chunk done
+
+The caller hands the returned latents to a decoder (longlive/assembly.py: `render`).
 
 Generation, evaluation during training and the DMD rollout use the same loop, and the same
 sampler objects. The model never mutates the cache's visible state: only `commit` does.
@@ -12,13 +15,18 @@ sampler objects. The model never mutates the cache's visible state: only `commit
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 import torch
 
-from longlive.cache import KVCache
+from longlive.cache import ChunkKV, KVCache
 from longlive.prompts import ChunkPrompt
+
+if TYPE_CHECKING:
+    from longlive.model.dit import WanDiT
+    from longlive.run import RunContext
+    from longlive.sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +37,16 @@ TextFn = Callable[[list[str]], torch.Tensor]  # prompts -> [B, text_len, text_di
 class GenerationState:
     """Everything that changes while a video is generated; plugins receive it in events."""
 
-    model: Any  # a WanDiT (or a compatible model)
+    model: WanDiT
     cache: KVCache
-    sampler: Any
+    sampler: Sampler
     encode_text: TextFn
     batch: int
     guidance: float = 1.0
     negative_prompt: str = ""
     image_latent: torch.Tensor | None = None  # I2V: [B, C, 1, H, W], replaces frame 0 at t=0
     chunk_index: int = 0
-    prompt: str | None = None
+    prompt: str | None = None  # the prompt in force (without any conditioning prefix)
     _embedded: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
     @property
@@ -46,7 +54,10 @@ class GenerationState:
         return self.guidance != 1.0
 
     def context(self, prompt: str) -> torch.Tensor:
-        """Embedded text for `prompt` (with the negative prompt stacked after it under CFG)."""
+        """Embedded text for `prompt` (with the negative prompt stacked after it under CFG).
+
+        Only the latest text is kept: a prefixed first chunk of a shot and the chunks after it
+        embed twice, which costs one text-encoder call per shot."""
         if prompt not in self._embedded:
             prompts = [prompt] * self.batch + ([self.negative_prompt] * self.batch if self.cfg else [])
             self._embedded.clear()  # one prompt at a time: switches re-embed, memory stays bounded
@@ -57,7 +68,7 @@ class GenerationState:
 class ChunkLoop:
     """Advance a GenerationState chunk by chunk; `step(chunk, noise)` returns the clean latents."""
 
-    def __init__(self, state: GenerationState, hook: Any, run: Any) -> None:
+    def __init__(self, state: GenerationState, hook: Any, run: RunContext) -> None:
         self.state, self.hook, self.run = state, hook, run  # hook: the plugin manager's hook relay
 
     def step(self, chunk: ChunkPrompt, noise: torch.Tensor) -> torch.Tensor:
@@ -70,12 +81,17 @@ class ChunkLoop:
         if chunk.switch:
             hook.longlive_prompt_switch(chunk_index=chunk.index, prompt=chunk.prompt, state=state, run=run)
         state.prompt = chunk.prompt
-        context = state.context(chunk.prompt)
+        prefix = hook.longlive_prompt_prefix(chunk=chunk, state=state, run=run)
+        context = state.context((prefix or "") + chunk.prompt)
         kv = state.cache.begin(chunk.index)
         x0 = self.denoise(noise, context, kv)
         self.commit(x0, context, kv)
         hook.longlive_chunk_done(index=chunk.index, latents=x0, state=state, run=run)
         return x0
+
+    def used_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
+        """`chunk` with the prompt that was in force when it was generated (a live source may differ)."""
+        return attrs.evolve(chunk, prompt=self.state.prompt)
 
     def _live_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
         """A live prompt source may replace the scheduled prompt; a change inside a shot is a switch."""
@@ -84,7 +100,7 @@ class ChunkLoop:
         switched = not chunk.shot_start and self.state.prompt is not None and prompt != self.state.prompt
         return attrs.evolve(chunk, prompt=prompt, switch=switched)
 
-    def denoise(self, noise: torch.Tensor, context: torch.Tensor, kv: Any) -> torch.Tensor:
+    def denoise(self, noise: torch.Tensor, context: torch.Tensor, kv: ChunkKV) -> torch.Tensor:
         state = self.state
         traj = state.sampler.start(noise)
         while not traj.done:
@@ -92,7 +108,7 @@ class ChunkLoop:
             traj.step(self._velocity(x, t, context, kv))
         return self._impose_image(traj.x0)
 
-    def commit(self, x0: torch.Tensor, context: torch.Tensor, kv: Any) -> None:
+    def commit(self, x0: torch.Tensor, context: torch.Tensor, kv: ChunkKV) -> None:
         """Clean context pass at t=0 (writes clean K/V into the chunk's slot), then commit."""
         state = self.state
         kv = state.cache.context(kv)  # the policy may narrow what the clean pass sees (a cut clearing the window)
@@ -113,7 +129,7 @@ class ChunkLoop:
             x0 = torch.cat([self.state.image_latent.to(x0), x0[:, :, 1:]], dim=2)
         return x0
 
-    def _velocity(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kv: Any) -> torch.Tensor:
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kv: ChunkKV) -> torch.Tensor:
         state = self.state
         v = state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), context, text_embedded=True, kv=kv)
         if not state.cfg:
@@ -132,9 +148,3 @@ def chunk_noise(shape: tuple[int, ...], chunk_index: int, seed: int, device: tor
     g.manual_seed(seed * 1_000_003 + chunk_index)
     return torch.randn(shape, generator=g, device=device, dtype=torch.float32).to(dtype)
 
-
-def run_generation(run: Any) -> dict:
-    """The `generate` task (see longlive/generate.py)."""
-    from longlive.generate import generate_video
-
-    return generate_video(run)

@@ -1,25 +1,47 @@
-"""The RunContext handed to every hook, the run directory, and dispatching a task."""
+"""The RunContext handed to every hook and task, checking an experiment, and dispatching a task.
+
+Two steps, so `validate` stays fast: `check_experiment` builds the plugin manager, the
+components and every config (no torch, no weights: what `validate` runs); `make_run` then
+resolves the device, sets torch's threads and creates the run directory.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
-import torch
 
-from longlive.components import ComponentRegistry
+from longlive.components import CodecSpec, ComponentRegistry
 from longlive.config import Experiment, dumps_toml, experiment_to_table
 from longlive.errors import ConfigError
+from longlive.geometry import Geometry
 from longlive.monitor import Monitor
 from longlive.registry.manager import build_plugin_manager, installed_plugins
 
+if TYPE_CHECKING:
+    import torch
+
+    from longlive.model.presets import DiTConfig
+
 log = logging.getLogger(__name__)
+
+
+@attrs.define(kw_only=True)
+class CheckedExperiment:
+    """An experiment with its plugins, components and configs built and cross-checked."""
+
+    experiment: Experiment
+    pm: pluggy.PluginManager
+    components: ComponentRegistry
+    plugin_configs: dict[str, Any]
+    task_config: Any = None  # the structured table of the task ([train] for train), if any
 
 
 @attrs.define(kw_only=True)
@@ -38,7 +60,23 @@ class RunContext:
 
     @property
     def hook(self) -> Any:
+        """The plugin manager's hook relay: `run.hook.longlive_<name>(...)`."""
         return self.pm.hook
+
+    @property
+    def preset(self) -> DiTConfig:
+        """The DiT preset named by model.preset."""
+        return self.components.get("dit_preset", self.experiment.model.preset, where="model.preset").value
+
+    @property
+    def codec_spec(self) -> CodecSpec:
+        """The codec component named by model.codec (geometry facts and its factory)."""
+        return self.components.get("codec", self.experiment.model.codec, where="model.codec").value
+
+    @property
+    def geometry(self) -> Geometry:
+        """Pixel/latent/token geometry of the experiment's video under its codec and preset."""
+        return experiment_geometry(self.experiment, self.codec_spec, self.preset)
 
     def output_path(self, name: str) -> Path | None:
         """Path of an output file inside the run directory (None when the run has none)."""
@@ -47,45 +85,40 @@ class RunContext:
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.hook.longlive_log(step=step, scalars=scalars, run=self)
 
-    def generator(self, offset: int = 0, device: torch.device | str | None = None) -> torch.Generator:
-        """A torch.Generator seeded from run.seed (+offset): every random draw goes through one."""
-        g = torch.Generator(device=device or "cpu")
-        g.manual_seed(self.experiment.run.seed + offset)
-        return g
+
+def experiment_geometry(experiment: Experiment, codec: CodecSpec, preset: DiTConfig) -> Geometry:
+    s = experiment.sampler
+    return Geometry(height=s.height, width=s.width, temporal_stride=codec.temporal_stride,
+                    spatial_stride=codec.spatial_stride, patch_h=preset.patch[1], patch_w=preset.patch[2],
+                    frames_per_chunk=s.frames_per_chunk)
 
 
-def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"run.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if check_available and device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {name!r} asked for, but this machine has no CUDA GPU; use cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"run.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
-
-
-def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir: bool = True) -> RunContext:
-    """Build the plugin manager and the context; create the run directory unless told not to."""
+def check_experiment(experiment: Experiment) -> CheckedExperiment:
+    """Build the plugin manager and every config and check them together; imports no torch."""
     pm, components, configs = build_plugin_manager(experiment)
     check_components(experiment, components)
-    device = resolve_device(experiment.run.device, check_available=create_dir)  # validate checks config only
-    run = RunContext(experiment=experiment, pm=pm, components=components, plugin_configs=configs,
-                     device=device, dtype=resolve_dtype(experiment.run.dtype, device))
+    if not _DEVICE.match(experiment.run.device):
+        raise ConfigError(f"run.device: {experiment.run.device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    checked = CheckedExperiment(experiment=experiment, pm=pm, components=components, plugin_configs=configs)
     if experiment.run.task == "train":  # structure [train] now, so validate catches its mistakes too
         from longlive.train.config import train_config
 
-        run.task_config = train_config(run)
-        run.task_config.check(experiment.sampler.frames_per_chunk)
+        checked.task_config = train_config(checked)
+        checked.task_config.check(experiment.sampler.frames_per_chunk)
+    return checked
+
+
+def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir: bool = True) -> RunContext:
+    """Check the experiment, resolve device and dtype, set threads; create the run directory unless told not to."""
+    checked = check_experiment(experiment)
+    device = resolve_device(experiment.run.device, check_available=create_dir)
+    set_threads(experiment.run.threads, device)
+    run = RunContext(experiment=experiment, pm=checked.pm, components=checked.components,
+                     plugin_configs=checked.plugin_configs, device=device,
+                     dtype=resolve_dtype(experiment.run.dtype, device), task_config=checked.task_config)
     if create_dir:
         run.run_dir = run_dir or _new_run_dir(experiment)
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,37 +126,69 @@ def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir:
     return run
 
 
-def check_components(experiment: Experiment, components: ComponentRegistry) -> None:
-    """Every component the experiment names exists, and the geometry fits the codec and preset."""
-    from longlive.geometry import Geometry
+def resolve_device(name: str, *, check_available: bool = True) -> torch.device:
+    import torch
 
-    components.get("task", experiment.run.task, where="run.task")
-    preset = components.get("dit_preset", experiment.model.preset, where="model.preset").value
-    codec = components.get("codec", experiment.model.codec, where="model.codec").value
-    components.get("text_encoder", experiment.model.text_encoder, where="model.text_encoder")
-    components.get("sampler", experiment.sampler.name, where="sampler.name")
-    s = experiment.sampler
-    Geometry(height=s.height, width=s.width, temporal_stride=codec.temporal_stride,
-             spatial_stride=codec.spatial_stride, patch_h=preset.patch[1], patch_w=preset.patch[2],
-             frames_per_chunk=s.frames_per_chunk)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not _DEVICE.match(name):
+        raise ConfigError(f"run.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
+    if check_available and device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {name!r} asked for, but this machine has no CUDA GPU; use cpu or auto")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def set_threads(threads: int, device: torch.device) -> None:
+    """torch's CPU threads: `run.threads`, or 0 = one thread (docs/benchmarks.md: "CPU threads")."""
+    import torch
+
+    count = threads or 1
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    log.debug("torch CPU threads: %d (device %s)", count, device)
+
+
+def check_components(experiment: Experiment, components: ComponentRegistry) -> None:
+    """Every component the experiment names exists and can be imported here, and the geometry fits."""
+    exp = experiment
+    named = [("task", exp.run.task, "run.task"), ("dit_preset", exp.model.preset, "model.preset"),
+             ("codec", exp.model.codec, "model.codec"), ("text_encoder", exp.model.text_encoder, "model.text_encoder"),
+             ("sampler", exp.sampler.name, "sampler.name")]
+    for kind, name, where in named:
+        components.get(kind, name, where=where).check_requirements(where)
+    preset = components.get("dit_preset", exp.model.preset, where="model.preset").value
+    codec = components.get("codec", exp.model.codec, where="model.codec").value
+    experiment_geometry(exp, codec, preset)
     if codec.latent_channels != preset.in_channels:
-        raise ConfigError(f"model.codec: {experiment.model.codec!r} makes {codec.latent_channels} latent channels but "
-                          f"model.preset {experiment.model.preset!r} expects {preset.in_channels}")
+        raise ConfigError(f"model.codec: {exp.model.codec!r} makes {codec.latent_channels} latent channels but "
+                          f"model.preset {exp.model.preset!r} expects {preset.in_channels}")
 
 
 def write_run_record(run: RunContext) -> None:
     """The resolved experiment (every default filled in), versions and git commit."""
     if run.run_dir is None:
         return
+    import torch
+
     table = experiment_to_table(run.experiment, run.plugin_configs, run.task_config)
     _write_atomic(run.run_dir / "experiment.toml", dumps_toml(table))
+    plugins = installed_plugins()
     versions = {
         "longlive": _version("longlive"),
         "torch": torch.__version__,
-        "plugins": {n: installed_plugins()[n].version if n in installed_plugins() else "ad-hoc"
-                    for n in run.experiment.run.plugins},
+        "plugins": {n: plugins[n].version if n in plugins else "ad-hoc" for n in run.experiment.run.plugins},
         "git_commit": _git_commit(),
         "device": str(run.device) + (f" ({torch.cuda.get_device_name(run.device)})" if run.device.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_atomic(run.run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")

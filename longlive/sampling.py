@@ -41,7 +41,6 @@ Each update is linear in x and the m_j, so we precompute its coefficients per st
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from typing import Callable, Protocol, Sequence
@@ -398,28 +397,21 @@ class FewStepTrajectory(Trajectory):
         return self._sample
 
 
-# ---- Factory ------------------------------------------------------------------------
-
-SAMPLERS = ("unipc", "fewstep")
+# ---- Builders (the sampler components of the core plugin call these) -----------------------
 
 
-def make_sampler(name: str, steps: int | Sequence[float], shift: float = 5.0, *, order: int = 2,
-                 warp: bool = True) -> UniPCSampler | FewStepSampler:
-    """Build a sampler by name from the [sampler] table's values.
+def unipc_sampler(steps: int, shift: float = 5.0, *, order: int = 2) -> UniPCSampler:
+    """UniPC with `steps` steps (the [sampler] table's int)."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ConfigError(f"sampler.steps: UniPC takes a number of steps (int); got {steps!r}")
+    return UniPCSampler(steps, shift=shift, order=order)
 
-    "unipc": `steps` is the number of steps (int). "fewstep": `steps` is the timestep list, or an
-    int n for the evenly spaced list [1000, 1000 - 1000/n, ...] (4 -> [1000, 750, 500, 250]).
-    """
-    if name == "unipc":
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise ConfigError(f"sampler.steps: UniPC takes a number of steps (int); got {steps!r}")
-        return UniPCSampler(steps, shift=shift, order=order)
-    if name == "fewstep":
-        if isinstance(steps, int) and not isinstance(steps, bool):
-            if steps < 1:
-                raise ConfigError(f"sampler.steps must be >= 1; got {steps}")
-            steps = [TRAIN_TIMESTEPS * (steps - k) // steps for k in range(steps)]
-        return FewStepSampler(tuple(steps), shift=shift, warp=warp)
-    near = difflib.get_close_matches(str(name), SAMPLERS, n=1, cutoff=0.0)
-    raise ConfigError(f"sampler.name: unknown sampler {name!r}; did you mean {near[0]!r}? "
-                      f"(valid: {', '.join(SAMPLERS)})")
+
+def fewstep_sampler(steps: int | Sequence[float], shift: float = 5.0, *, warp: bool = True) -> FewStepSampler:
+    """`steps` is the timestep list, or an int n for the evenly spaced list [1000, 1000 - 1000/n, ...]
+    (4 -> [1000, 750, 500, 250])."""
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        if steps < 1:
+            raise ConfigError(f"sampler.steps must be >= 1; got {steps}")
+        steps = [TRAIN_TIMESTEPS * (steps - k) // steps for k in range(steps)]
+    return FewStepSampler(tuple(steps), shift=shift, warp=warp)

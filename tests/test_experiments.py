@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from longlive.config import load_experiment
-from longlive.run import make_run
+from longlive.errors import ConfigError
+from longlive.run import check_experiment
 
 EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").rglob("*.toml"))
 
@@ -16,6 +17,14 @@ def test_there_are_experiments():
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_experiment_validates(path):
-    run = make_run(load_experiment(path), create_dir=False)
-    assert run.components.get("task", run.experiment.run.task, where="run.task")
+def test_experiment_validates(path, tmp_path):
+    overrides = []
+    if load_experiment(path).model.text_encoder == "umt5-xxl":  # real-model files: the user gives local paths
+        overrides.append(f'model.text_encoder_path="{tmp_path}"')
+    checked = check_experiment(load_experiment(path, overrides))
+    assert checked.components.get("task", checked.experiment.run.task, where="run.task")
+
+
+def test_real_model_experiment_names_the_missing_text_encoder_path():
+    with pytest.raises(ConfigError, match="^model.text_encoder_path: the umt5-xxl text encoder needs a local directory"):
+        check_experiment(load_experiment(Path(__file__).parents[1] / "experiments" / "t2v_bf16.toml"))

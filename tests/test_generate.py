@@ -46,7 +46,7 @@ def test_i2v_first_frame_is_the_image(tmp_path):
     from safetensors.torch import load_file
 
     from longlive.media import read_image
-    from longlive.tasks import build_debug_vae
+    from longlive.core_components import build_debug_vae
 
     latents = load_file(tmp_path / "latents.safetensors")["latents"]
     image = read_image(exp.generate.image, height=64, width=64)

@@ -9,7 +9,7 @@ from longlive.model.attention import block_causal_mask
 from longlive.pipeline import ChunkLoop, GenerationState
 from longlive.prompts import chunk_prompts, single_prompt
 from longlive.registry.manager import new_plugin_manager
-from longlive.sampling import make_sampler
+from longlive.sampling import unipc_sampler
 
 
 class _Recorder:
@@ -35,7 +35,7 @@ def _loop(model, window_frames, chunks, fpc=2, guidance=1.0):
                                dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     text = torch.randn(2, model.config.text_len, model.config.text_dim, generator=g)
-    state = GenerationState(model=_Recorder(model), cache=KVCache(spec), sampler=make_sampler("unipc", 2),
+    state = GenerationState(model=_Recorder(model), cache=KVCache(spec), sampler=unipc_sampler(2),
                             encode_text=lambda prompts: text[: len(prompts)], batch=1, guidance=guidance,
                             negative_prompt="")
     noise = torch.randn(1, 48, chunks * fpc, 8, 8, generator=g)

@@ -13,7 +13,8 @@ from longlive.sampling import (
     FlowMatching,
     UniPCSampler,
     denoise,
-    make_sampler,
+    fewstep_sampler,
+    unipc_sampler,
 )
 
 # ---- Flow matching ------------------------------------------------------------------
@@ -198,11 +199,9 @@ def test_fewstep_closed_form() -> None:
 # ---- Factory ------------------------------------------------------------------------
 
 
-def test_make_sampler() -> None:
-    assert make_sampler("unipc", 4).timesteps == (999, 937, 833, 624)
-    assert make_sampler("fewstep", 4).timesteps == FewStepSampler().timesteps
-    assert make_sampler("fewstep", [1000, 750]).timesteps == pytest.approx([1000.0, 937.5])
-    with pytest.raises(ConfigError, match="did you mean 'unipc'"):
-        make_sampler("unipcc", 4)
+def test_sampler_builders() -> None:
+    assert unipc_sampler(4).timesteps == (999, 937, 833, 624)
+    assert fewstep_sampler(4).timesteps == FewStepSampler().timesteps
+    assert fewstep_sampler([1000, 750]).timesteps == pytest.approx([1000.0, 937.5])
     with pytest.raises(ConfigError, match="number of steps"):
-        make_sampler("unipc", [1000, 750])
+        unipc_sampler([1000, 750])

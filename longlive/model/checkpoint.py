@@ -3,13 +3,17 @@
 Formats read: safetensors files, directories of safetensors shards (with or without an
 `*.index.json`), and PyTorch pickles (`.pt`, `.pth`, `.bin`), always through
 `torch.load(weights_only=True)`. Our own outputs are written as safetensors, atomically.
+
+Host memory: safetensors are read lazily (`LazyTensors`: one tensor at a time, when the loader
+copies it into the model) and pickles through `torch.load(mmap=True)`, so loading a checkpoint
+into a model already placed on its device and dtype never holds a second copy of the weights.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -22,8 +26,59 @@ _SAFETENSORS = (".safetensors",)
 _PICKLES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Read every tensor of a weight file or shard directory onto the CPU.
+class LazyTensors(Mapping[str, torch.Tensor]):
+    """The tensors of safetensors files by name, each read from disk when it is accessed."""
+
+    def __init__(self, sources: Mapping[str, tuple[Path, str]]) -> None:
+        self._sources = dict(sources)  # our name -> (file, the name inside the file)
+
+    @classmethod
+    def open(cls, files: list[Path]) -> LazyTensors:
+        from safetensors import safe_open
+
+        sources = {}
+        for file in files:
+            with safe_open(str(file), "pt") as f:
+                sources.update({k: (file, k) for k in f.keys()})
+        return cls(sources)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file, name = self._sources[key]
+        with safe_open(str(file), "pt") as f:
+            return f.get_tensor(name)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        from safetensors import safe_open
+
+        file, name = self._sources[key]
+        with safe_open(str(file), "pt") as f:
+            return tuple(f.get_slice(name).get_shape())
+
+    def renamed(self, rename: Callable[[str], str]) -> LazyTensors:
+        return LazyTensors({rename(k): v for k, v in self._sources.items()})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+
+def rename_keys(state: Mapping[str, torch.Tensor], rename: Callable[[str], str]) -> Mapping[str, torch.Tensor]:
+    """`state` with every key renamed, without reading a lazy state's tensors."""
+    if isinstance(state, LazyTensors):
+        return state.renamed(rename)
+    return {rename(k): v for k, v in state.items()}
+
+
+def shape_of(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    return state.shape(key) if isinstance(state, LazyTensors) else tuple(state[key].shape)
+
+
+def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> Mapping[str, torch.Tensor]:
+    """The tensors of a weight file or shard directory (safetensors lazily, pickles memory-mapped).
 
     `where` names the config key the path came from, for error messages.
     """
@@ -31,9 +86,10 @@ def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> di
     if not path.exists():
         raise ConfigError(f"{where}: {str(path)!r} does not exist; give the path of a weight file or directory")
     if path.is_dir():
-        shards = sorted(path.glob("*.safetensors")) or sorted(
-            p for p in path.iterdir() if p.suffix in _PICKLES
-        )
+        safetensors = sorted(path.glob("*.safetensors"))
+        if safetensors:
+            return _open_safetensors(safetensors, where=where, what=f"directory {str(path)!r}")
+        shards = sorted(p for p in path.iterdir() if p.suffix in _PICKLES)
         if not shards:
             raise ConfigError(f"{where}: directory {str(path)!r} holds no .safetensors or .pt/.pth/.bin files")
         state: dict[str, torch.Tensor] = {}
@@ -41,12 +97,7 @@ def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> di
             state.update(read_state_dict(shard, where=where))
         return state
     if path.suffix in _SAFETENSORS:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types
-            raise ConfigError(f"{where}: {str(path)!r} is not a readable safetensors file ({e})") from e
+        return _open_safetensors([path], where=where, what=repr(str(path)))
     if path.suffix in _PICKLES:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -64,18 +115,27 @@ def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> di
     )
 
 
+def _open_safetensors(files: list[Path], *, where: str, what: str) -> LazyTensors:
+    try:
+        return LazyTensors.open(files)
+    except Exception as e:  # safetensors raises its own error types
+        raise ConfigError(f"{where}: {what} is not a readable safetensors file ({e})") from e
+
+
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
     """Load `state` into `module`; any missing, unexpected or mis-shaped key is one ConfigError.
 
+    A placed module (not on the meta device) receives the tensors one at a time, each converted
+    to its parameter's dtype and device as it is copied: no second copy of the model exists.
     `what` names the weights in the message (e.g. "DiT from checkpoints/model_bf16.pt").
     """
-    own = module.state_dict()
+    own = module.state_dict(keep_vars=True)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mis_shaped = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        f"{k} {shape_of(state, k)} != {tuple(own[k].shape)}"
         for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
+        if shape_of(state, k) != tuple(own[k].shape)
     )
     if missing or unexpected or mis_shaped:
         parts = []
@@ -91,7 +151,12 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: s
             else "the file is not in a format this loader knows; check model.checkpoint_format"
         )
         raise ConfigError(f"cannot load {what}: keys {'; '.join(parts)}; {hint}")
-    module.load_state_dict(state, strict=True, assign=_on_meta(module))
+    if _on_meta(module):
+        module.load_state_dict(dict(state), strict=True, assign=True)
+        return
+    with torch.no_grad():
+        for name, target in own.items():
+            target.copy_(state[name])
 
 
 def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: str | os.PathLike,

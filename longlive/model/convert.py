@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from longlive.errors import ConfigError
-from longlive.model.checkpoint import load_strict, read_state_dict
+from longlive.model.checkpoint import LazyTensors, load_strict, read_state_dict, rename_keys
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,12 @@ def _rename(name: str, table: Mapping[str, str]) -> str:
 
 
 def _rename_keys(state: Mapping[str, torch.Tensor], top: Mapping[str, str],
-                 block: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
+                 block: Mapping[str, str]) -> Mapping[str, torch.Tensor]:
+    def rename(key: str) -> str:
         m = _BLOCK_KEY.match(key)
-        new = f"blocks.{m[1]}.{_rename(m[2], block)}" if m else _rename(key, top)
-        out[new] = value
-    return out
+        return f"blocks.{m[1]}.{_rename(m[2], block)}" if m else _rename(key, top)
+
+    return rename_keys(state, rename)
 
 
 def ours_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,14 +82,14 @@ def diffusers_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return _rename_keys(state, _TOP_FROM_DIFFUSERS, _BLOCK_FROM_DIFFUSERS)
 
 
-def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_wrappers(state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     """Drop FSDP / torch.compile / activation-checkpoint wrapper names and a leading DDP `module.`."""
-    out = {}
-    for key, value in state.items():
+    def rename(key: str) -> str:
         for wrapper in _WRAPPERS:
             key = key.replace(wrapper, "")
-        out[key.removeprefix("module.")] = value
-    return out
+        return key.removeprefix("module.")
+
+    return rename_keys(state, rename)
 
 
 def unnest(state: Mapping[str, object], *, ema: bool = False) -> Mapping[str, object]:
@@ -115,7 +114,7 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     return "wan"
 
 
-def to_ours(state: Mapping[str, torch.Tensor], format: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
+def to_ours(state: Mapping[str, torch.Tensor], format: str = "auto") -> tuple[Mapping[str, torch.Tensor], str]:
     """Rename a DiT state dict of `format` to our keys; returns (state, the format used)."""
     if format not in FORMATS:
         raise ConfigError(f"model.checkpoint_format={format!r} is unknown; use one of {list(FORMATS)}")
@@ -124,8 +123,8 @@ def to_ours(state: Mapping[str, torch.Tensor], format: str = "auto") -> tuple[di
     if fmt == "diffusers":
         return diffusers_to_ours(state), fmt
     if fmt == "longlive":
-        return {k.removeprefix("model."): v for k, v in state.items()}, fmt
-    return dict(state), fmt
+        return rename_keys(state, lambda k: k.removeprefix("model.")), fmt
+    return state, fmt
 
 
 def load_dit_state(model: nn.Module, state: Mapping[str, torch.Tensor], format: str = "auto", *,
@@ -157,7 +156,7 @@ def load_dit_weights(model: nn.Module, path: str | os.PathLike, format: str = "a
                      where: str = "model.checkpoint", ema: bool = False) -> str:
     """Read a DiT checkpoint (file or shard directory) and load it strictly; returns the format used."""
     state = unnest(read_state_dict(path, where=where), ema=ema)
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    bad = [] if isinstance(state, LazyTensors) else [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConfigError(f"{where}: {str(path)!r} holds non-tensor entries ({bad[:3]}); it is not a DiT state dict")
     _check_prediction(model, path, where)

@@ -3,13 +3,19 @@
 A plugin is a class with a frozen attrs `Config` class attribute (validating its
 `[plugins.<name>]` table) and methods decorated with `@hookimpl` whose names are listed here.
 The core calls every hook by keyword; an implementation may accept any subset of the arguments.
-Hooks are grouped by phase. "First result wins" hooks stop at the first non-None result; the
-core registers its defaults for them with `trylast=True`, and the manager refuses two enabled
-plugins that both implement one of them (ROLE_HOOKS), so which plugin won is never a matter
-of load order.
+
+Hooks are grouped by phase. Each says when it is called, its parameters, what it returns and
+what it may raise. Errors: raise `ConfigError` (one line naming the key and the fix; exit
+code 2) for bad settings, `PluginError` for a plugin that cannot work, anything else for a bug.
+
+Roles. A `firstresult` hook stops at the first non-None result, so it defines a role that only
+one enabled plugin may fill: the core registers its default for it with `trylast=True`, and the
+manager refuses two enabled plugins that both implement it, naming both (`ROLES` is derived
+from the `firstresult` markers below, never written by hand).
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from longlive.registry import hookspec
@@ -19,73 +25,98 @@ if TYPE_CHECKING:
     from torch import nn
 
     from longlive.cache import CachePolicy, CacheSpec, KVStorage
-    from longlive.components import ComponentRegistry
+    from longlive.components import ScopedRegistry
     from longlive.config import Experiment
+    from longlive.model.dit import WanDiT
+    from longlive.pipeline import GenerationState
+    from longlive.prompts import ChunkPrompt
+    from longlive.protocols import Codec, Decoder, Objective
     from longlive.run import RunContext
-
-# First-result hooks that define a role only one enabled plugin may fill.
-ROLE_HOOKS = {
-    "longlive_make_kv_storage": "the KV-cache storage",
-    "longlive_make_kv_policy": "the KV-cache visibility policy",
-    "longlive_make_decoder": "the latent decoder",
-    "longlive_make_objective": "the training objective",
-}
 
 
 # ---- Setup: once per run, before anything is built ---------------------------------------
 
 
 @hookspec
-def longlive_register_components(registry: ComponentRegistry) -> None:
-    """Add named components: `registry.add(kind, name, value, summary=...)`.
+def longlive_register_components(registry: ScopedRegistry) -> None:
+    """Add named components: `registry.add(kind, name, value, summary=..., requires=...)`.
 
-    Called for every enabled plugin (and the core) once, when the plugin manager is built.
+    When: once for every enabled plugin (and the core), when the plugin manager is built
+    (also by `validate` and `plugins`: keep it cheap; pass a `Lazy("module:function")` as a
+    factory so heavy modules load only when a task builds the component).
     Kinds and what `value` is:
     - "dit_preset": a `longlive.model.presets.DiTConfig`.
-    - "codec": a factory `(run) -> codec` (Wan VAE API: encode/decode/decode_stream/decode_chunk).
-    - "text_encoder": a factory `(run) -> encoder` with `encode(prompts) -> [B, L, D]`.
-    - "sampler": a factory `(sampler_config) -> sampler` (longlive.sampling API).
+    - "codec": a `longlive.components.CodecSpec` (its `build(run) -> Codec`, protocols.py).
+    - "text_encoder": a factory `(run) -> TextEncoder`.
+    - "sampler": a factory `(sampler_config) -> Sampler` (longlive.sampling).
     - "task": a function `(run) -> dict` run by `longlive run` when `run.task` names it.
-    - "metric", "dataset", "quant_format": factories documented by the plugins that use them.
-    A name already taken by another plugin is a PluginError naming both plugins.
+    - "dataset": a factory `(run, train_config) -> dataset` (longlive/train/data.py).
+    - "metric": a callable `(video, schedule, fps) -> dict` (longlive/train/evaluate.py).
+    - "quant_format": documented by longlive/quant.
+    `requires`: {import name: what to pip install} for optional packages; validation checks them.
+    Raises: PluginError when a name is already taken (the message names both plugins).
     """
 
 
 @hookspec
 def longlive_configure(experiment: Experiment, plugin_configs: dict[str, Any]) -> None:
-    """Check the whole experiment once it is structured; raise ConfigError on conflicts.
+    """Check the whole experiment once it is structured.
 
-    Called for every plugin after all plugin configs are built and before anything heavy
-    happens (also by `longlive validate`). `plugin_configs` maps plugin name to its Config.
-    Use it for cross-table checks, e.g. a sink larger than the window.
+    When: for every plugin after all plugin configs are built, before anything heavy (also by
+    `validate`). `plugin_configs` maps plugin name to its Config. Use it for cross-table checks,
+    e.g. a sink larger than the window. Raises: ConfigError naming the key and the fix.
     """
 
 
 @hookspec
 def longlive_check_compat(run: RunContext) -> None:
-    """Check that this machine can run the plugin (device, libraries); raise ConfigError if not.
+    """Check that this machine can run the plugin (device, libraries, GPU generation).
 
-    Called once the device is known, before weights load. A plugin that cannot run here says
-    so in one clear error; nothing falls back silently.
+    When: once the device is known, before any weights load (`run.device` is set). A plugin that
+    cannot run here says so in one clear error; nothing falls back silently.
+    Raises: ConfigError naming what is missing and the setting to change.
     """
 
 
-# ---- Model: once per model role ----------------------------------------------------------
+# ---- Model: once per network role, in the order of longlive/assembly.py -------------------
 
 
 @hookspec
-def longlive_load_adapters(model: nn.Module, role: str, run: RunContext) -> None:
-    """Attach or merge adapters (LoRA) into `model` in place. `role`: generator|teacher|critic.
+def longlive_convert_model(model: WanDiT, role: str, checkpoint: str, run: RunContext) -> None:
+    """Replace modules whose weights `checkpoint` stores in a layout of its own (packed NVFP4).
 
-    Order relative to `longlive_quantize_model` is fixed by the core and explicit: for
-    inference adapters are merged first, then the model is quantized; for training the frozen
-    base is quantized first, then BF16 adapters are attached.
+    When: the model is still on the meta device, before its weights load; only when a checkpoint
+    is given. `role`: "generator" | "teacher" | "critic". Modify `model` in place (module
+    replacement, never rebinding methods). Raises: ConfigError when the checkpoint's layout does
+    not fit the experiment's quantization settings.
     """
 
 
 @hookspec
-def longlive_quantize_model(model: nn.Module, role: str, run: RunContext) -> None:
-    """Replace eligible modules of `model` by quantized ones, in place (see load_adapters)."""
+def longlive_load_adapters(model: WanDiT, role: str, training: bool, run: RunContext) -> None:
+    """Attach or merge adapters (LoRA) into `model` of `role` in place.
+
+    When: after the weights load. Inference (`training` False): adapters are merged first, then
+    the model is quantized. Training: the frozen base is quantized first, then BF16 adapters are
+    attached (and set trainable). Raises: ConfigError for adapter weights that do not fit.
+    """
+
+
+@hookspec
+def longlive_quantize_model(model: WanDiT, role: str, training: bool, run: RunContext) -> None:
+    """Replace eligible linears of `model` of `role` by quantized ones, in place.
+
+    When: after the weights load; `training` selects the order (see longlive_load_adapters). Modules listed by `model.KEEP_HIGH_PRECISION` stay as they are. Raises: ConfigError for a
+    format that cannot run here in `real` mode, or a shape the format cannot hold.
+    """
+
+
+@hookspec
+def longlive_parallelize_model(model: WanDiT, role: str, run: RunContext) -> None:
+    """Distribute `model` of `role` over the run's device mesh (sequence parallelism, FSDP), in place.
+
+    When: after adapters and quantization, before compilation.
+    """
 
 
 # ---- KV cache: once per generation ------------------------------------------------------
@@ -93,18 +124,20 @@ def longlive_quantize_model(model: nn.Module, role: str, run: RunContext) -> Non
 
 @hookspec(firstresult=True)
 def longlive_make_kv_storage(spec: CacheSpec, run: RunContext) -> KVStorage | None:
-    """Return the storage that holds cached K/V (bf16 slots by default; NVFP4 in kv_fp4).
+    """Role: the KV-cache storage. Return the object that holds cached K/V (`KVStorage`, cache.py).
 
-    First result wins; the core's bf16 storage is registered trylast. `spec` gives layers,
-    batch, heads, head_dim, tokens per chunk slot and number of slots.
+    When: a new KV cache is built (each generated video, each evaluation). `spec` gives layers,
+    batch (doubled under CFG), heads, head_dim, tokens per chunk slot, number of slots, dtype
+    and device. The core's default: BF16Storage.
     """
 
 
 @hookspec(firstresult=True)
 def longlive_make_kv_policy(spec: CacheSpec, run: RunContext) -> CachePolicy | None:
-    """Return the policy deciding which chunk slots a query sees and where a chunk is written.
+    """Role: the KV-cache visibility policy (`CachePolicy`, cache.py): which chunk slots a query
+    sees, where a chunk is written, its RoPE position.
 
-    First result wins; the core's plain sliding window is registered trylast.
+    When: with longlive_make_kv_storage, with the same `spec`. The core's default: SlidingWindowPolicy.
     """
 
 
@@ -112,55 +145,71 @@ def longlive_make_kv_policy(spec: CacheSpec, run: RunContext) -> CachePolicy | N
 
 
 @hookspec(firstresult=True)
-def longlive_make_decoder(codec: Any, run: RunContext) -> Any | None:
-    """Return the object that turns latents into frames: `push(index, latents)`, `finish() -> video`.
+def longlive_make_decoder(codec: Codec, run: RunContext) -> Decoder | None:
+    """Role: the latent decoder (`Decoder`, protocols.py) of `codec`: `push(index, latents)` per
+    chunk in order, `finish() -> video`, `close()` (always called, also after an error).
 
-    First result wins; the core's synchronous decoder is registered trylast. An async plugin
-    decodes on another stream, device or thread with a bounded queue, and re-raises errors.
+    When: before each generated video. An async decoder works on another stream, device or
+    thread with a bounded queue, and re-raises a worker's error at the next push or finish.
+    The core's default: SyncDecoder.
     """
 
 
 @hookspec(firstresult=True)
-def longlive_next_prompt(chunk: Any, state: Any, run: RunContext) -> str | None:
-    """Return a prompt that replaces the scheduled `chunk.prompt` (a ChunkPrompt), or None.
+def longlive_next_prompt(chunk: ChunkPrompt, state: GenerationState, run: RunContext) -> str | None:
+    """Role: the live prompt source. Return a prompt that replaces the scheduled `chunk.prompt`.
 
-    Called before every chunk. A live prompt source (a file or stdin polled while generating)
-    answers here; when the answer differs from the prompt in force, the core emits
-    `longlive_prompt_switch` for this chunk. First result wins.
+    When: before every chunk; `state` is the GenerationState (`state.prompt`: the prompt in
+    force). None keeps the scheduled prompt. When the answer differs from the prompt in force
+    (inside a shot), the core emits `longlive_prompt_switch` for this chunk. Never block: poll
+    and return.
+    """
+
+
+@hookspec(firstresult=True)
+def longlive_prompt_prefix(chunk: ChunkPrompt, state: GenerationState, run: RunContext) -> str | None:
+    """Role: the conditioning prefix. Return text put before the chunk's prompt for the text encoder.
+
+    When: before every chunk, after the prompt is settled (`state.prompt`). LongLive's convention puts its scene-
+    cut prefix on the first chunk of each later shot only. The prefix is not part of the prompt:
+    switch detection, logs and the saved schedule see the prompt without it. None: no prefix.
     """
 
 
 @hookspec
-def longlive_shot_start(shot_index: int, chunk_index: int, state: Any, run: RunContext) -> None:
-    """A new shot starts at `chunk_index` (a structured event from the prompt script).
+def longlive_shot_start(shot_index: int, chunk_index: int, state: GenerationState, run: RunContext) -> None:
+    """Shot number `shot_index` starts at `chunk_index` (a structured event from the prompt script).
 
-    Called before the chunk is denoised. `state` is the pipeline's GenerationState: plugins may
-    pin sinks, move RoPE offsets or clear the window through `state.cache`.
+    When: before the chunk is denoised. Plugins may pin sinks, move RoPE offsets or clear the
+    window through `state.cache`.
     """
 
 
 @hookspec
-def longlive_prompt_switch(chunk_index: int, prompt: str, state: Any, run: RunContext) -> None:
-    """The prompt changes inside a shot at `chunk_index` (before the chunk is denoised).
+def longlive_prompt_switch(chunk_index: int, prompt: str, state: GenerationState, run: RunContext) -> None:
+    """The prompt changes inside a shot at `chunk_index`, to `prompt`; `state`: the GenerationState.
 
-    A re-cache plugin re-runs the model over the recent window under the new prompt here.
+    When: before the chunk is denoised. A re-cache plugin re-runs the model over the recent
+    window under the new prompt here.
     """
 
 
 @hookspec
-def longlive_chunk_done(index: int, latents: torch.Tensor, state: Any, run: RunContext) -> None:
-    """Chunk `index` is denoised and committed. `latents`: [B, C, F, H, W], read-only.
+def longlive_chunk_done(index: int, latents: torch.Tensor, state: GenerationState, run: RunContext) -> None:
+    """Chunk `index` is denoised and committed. `latents`: [B, C, F, H, W], read-only; `state`:
+    the generation's GenerationState.
 
-    Queue work and return at once: the next chunk is waiting.
+    When: after the commit, before the latents go to the decoder. Queue work and return at once:
+    the next chunk is waiting.
     """
 
 
 @hookspec
 def longlive_run_end(run: RunContext, result: dict) -> None:
-    """The task finished; `result` holds its summary numbers (may be extended in place).
+    """The task finished; `result` holds its summary numbers and may be extended in place.
 
-    Flush queues and release resources here. Called also when the task raised (then
-    `result` is empty).
+    When: after the task, also when it raised (then `result` is empty). Flush queues and release
+    resources here; do not raise for a task that already failed.
     """
 
 
@@ -168,13 +217,11 @@ def longlive_run_end(run: RunContext, result: dict) -> None:
 
 
 @hookspec(firstresult=True)
-def longlive_make_objective(run: RunContext) -> Any | None:
-    """Return the training objective `(model, batch, generator) -> (loss, metrics)`.
+def longlive_make_objective(run: RunContext) -> Objective | None:
+    """Role: the training objective (`Objective`, protocols.py).
 
-    `batch` holds "latents" [B, C, F, H, W], "context" [B, chunks, L, D] and "seeds" (one per
-    sample; the objective re-seeds `generator` from them, so noise and timesteps do not depend on
-    how a batch is split over ranks or accumulation steps). First result wins; the core's
-    flow-matching loss (teacher forcing or bidirectional) is registered trylast.
+    When: once, when the trainer is built. The core's default: the flow-matching loss (teacher
+    forcing or bidirectional) of longlive/train/objective.py.
     """
 
 
@@ -183,4 +230,21 @@ def longlive_make_objective(run: RunContext) -> Any | None:
 
 @hookspec
 def longlive_log(step: int, scalars: dict[str, float], run: RunContext) -> None:
-    """Record scalar metrics at `step` (the core writes them to TensorBoard and the log)."""
+    """Record `scalars` (name -> value) at `step` (the core writes them to TensorBoard and the debug log).
+
+    When: whenever a task logs (training every log_every steps, generation and bench at the end).
+    """
+
+
+def _roles() -> dict[str, str]:
+    """firstresult hook name -> the role it fills (its docstring's "Role: <role>" words)."""
+    out = {}
+    for name, fn in list(globals().items()):
+        opts = getattr(fn, "longlive_spec", None)
+        if name.startswith("longlive_") and opts and opts.get("firstresult"):
+            found = re.match(r"Role: ([^.(:]+)", (fn.__doc__ or "").strip())
+            out[name] = found[1].strip() if found else name
+    return out
+
+
+ROLES: dict[str, str] = _roles()

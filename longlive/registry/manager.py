@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -18,6 +18,9 @@ from longlive.components import ComponentRegistry
 from longlive.errors import ConfigError, PluginError
 from longlive.registry import ENTRY_POINT_GROUP, PROJECT, hookspecs
 from longlive.structure import nearest, structure
+
+if TYPE_CHECKING:
+    from longlive.config import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def build_plugin_manager(experiment: Any) -> tuple[pluggy.PluginManager, ComponentRegistry, dict[str, Any]]:
+def build_plugin_manager(experiment: Experiment) -> tuple[pluggy.PluginManager, ComponentRegistry, dict[str, Any]]:
     """Register the core and the experiment's plugins; return (pm, components, plugin configs)."""
     from longlive.core_plugin import CorePlugin
 
@@ -111,7 +114,7 @@ def build_plugin_manager(experiment: Any) -> tuple[pluggy.PluginManager, Compone
 
 
 def _refuse_role_conflicts(pm: pluggy.PluginManager) -> None:
-    for hook_name, role in hookspecs.ROLE_HOOKS.items():
+    for hook_name, role in hookspecs.ROLES.items():
         owners = [impl.plugin_name for impl in getattr(pm.hook, hook_name).get_hookimpls()
                   if impl.plugin_name != "core"]
         if len(owners) > 1:

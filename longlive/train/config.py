@@ -25,7 +25,7 @@ class TrainConfig:
     """
 
     mode: str = attrs.field(default="teacher_forcing", validator=one_of(MODES))
-    dataset: str = "toy-shards"  # a "dataset" component
+    dataset: str = "shards"  # a "dataset" component
     data: str  # shard file or brace/glob pattern, relative to the experiment file
     eval_data: str | None = None  # prompts for evaluation come from its first sample (default: data)
     num_frames: int = attrs.field(default=16, validator=at_least(1))  # per sample; multiple of frames_per_chunk
@@ -82,11 +82,6 @@ def train_config(run: Any) -> TrainConfig:
     return structure(table, TrainConfig, where="train")
 
 
-def resolve_path(value: str, run: Any) -> str:
-    """A path or shard pattern from [train], relative to the experiment file's folder."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    source = run.experiment.source
-    base = source.parent if source is not None else Path.cwd()
-    return str(base / path)
+def resolve_path(value: str, run: Any, key: str) -> str:
+    """A path or shard pattern from [train] (`key`: its dotted name), by Experiment.path's rule."""
+    return str(run.experiment.path(value, key))

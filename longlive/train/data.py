@@ -163,7 +163,7 @@ class ShardClipDataset:
         from longlive.train.config import resolve_path
 
         codec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
-        files = expand_pattern(resolve_path(config.data, run), where="train.data")
+        files = expand_pattern(resolve_path(config.data, run, "train.data"), where="train.data")
         refs = index_shards(files, where="train.data")
         log.info("dataset: %d samples in %d shards (%s)", len(refs), len(files), config.data)
         return cls(refs, num_frames=config.num_frames, frames_per_chunk=run.experiment.sampler.frames_per_chunk,

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 
 from longlive.prompts import ChunkPrompt, pixel_schedule
 
+if TYPE_CHECKING:
+    from longlive.model.dit import WanDiT
+    from longlive.protocols import Codec, TextEncoder
+    from longlive.run import RunContext
+    from longlive.train.config import TrainConfig
+    from longlive.train.ema import EMA
+
 log = logging.getLogger(__name__)
 
 
-def eval_prompts(run: Any, config: Any) -> tuple[list[ChunkPrompt], float]:
+def eval_prompts(run: RunContext, config: TrainConfig) -> tuple[list[ChunkPrompt], float]:
     """The chunk prompts (and fps) of the evaluation video; a prompt change starts a new shot."""
     frames = config.eval_frames or config.num_frames
     source = attrs.evolve(config, data=config.eval_data or config.data, num_frames=frames)
@@ -35,19 +42,14 @@ def eval_prompts(run: Any, config: Any) -> tuple[list[ChunkPrompt], float]:
     return chunks, float(item.get("fps") or 0.0)
 
 
-def generate_eval_video(run: Any, model: torch.nn.Module, codec: Any, text_encoder: Any,
+def generate_eval_video(run: RunContext, model: WanDiT, codec: Codec, text_encoder: TextEncoder,
                         chunks: list[ChunkPrompt]) -> torch.Tensor:
     """Generate one video (batch 1) through the generation path; returns [3, T, H, W] in [-1, 1] on the CPU."""
-    from longlive.generate import Parts, geometry_for, render
-    from longlive.tasks import dit_preset
+    from longlive.assembly import Parts, build_sampler, render
 
-    exp, s = run.experiment, run.experiment.sampler
-    spec = run.components.get("codec", exp.model.codec, where="model.codec").value
-    sampler = run.components.get("sampler", s.name, where="sampler.name").value(s)
-    parts = Parts(model=model, codec=codec, text=text_encoder, sampler=sampler,
-                  geometry=geometry_for(run, spec, dit_preset(run)), latent_channels=spec.latent_channels)
-    video, _, _ = render(run, parts, chunks, show_progress=False)
-    return video[0].float().cpu()
+    parts = Parts(model=model, codec=codec, text=text_encoder, sampler=build_sampler(run), geometry=run.geometry,
+                  latent_channels=run.codec_spec.latent_channels)
+    return render(run, parts, chunks, show_progress=False).video[0].float().cpu()
 
 
 def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
@@ -62,8 +64,8 @@ def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
     return out
 
 
-def evaluate(run: Any, *, chunks: list[ChunkPrompt], fps: float, model: torch.nn.Module, ema: Any, codec: Any,
-             text_encoder: Any, step: int) -> dict[str, float]:
+def evaluate(run: RunContext, *, chunks: list[ChunkPrompt], fps: float, model: WanDiT, ema: EMA, codec: Codec,
+             text_encoder: TextEncoder, step: int) -> dict[str, float]:
     """Generate with the EMA weights, log the preview and metric scores; returns the logged scalars.
 
     `chunks` and `fps` come from `eval_prompts` (computed once per run).
@@ -72,9 +74,8 @@ def evaluate(run: Any, *, chunks: list[ChunkPrompt], fps: float, model: torch.nn
     video = generate_eval_video(run, eval_model, codec, text_encoder, chunks)
     del eval_model
     run.monitor.video_preview("eval/video", video, step)
-    spec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
     schedule = pixel_schedule(chunks, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
-                              temporal_stride=spec.temporal_stride)
+                              temporal_stride=run.codec_spec.temporal_stride)
     scalars: dict[str, float] = {}
     fps = fps or (run.experiment.generate.fps if run.experiment.generate is not None else 24.0)
     for name in run.components.names("metric"):

@@ -21,11 +21,12 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from longlive.assembly import build_codec, build_model, build_text_encoder
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from longlive.errors import LongLiveError
 from longlive.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -33,12 +34,15 @@ from longlive.train.config import TrainConfig, resolve_path, train_config
 from longlive.train.data import BatchEncoder, DataStream
 from longlive.train.ema import EMA
 
+if TYPE_CHECKING:
+    from longlive.run import RunContext
+
 log = logging.getLogger(__name__)
 
 _LOGGED = ("loss", "mse", "sigma", "grad_norm")
 
 
-def run_training(run: Any) -> dict:
+def run_training(run: RunContext) -> dict:
     """Structure [train], join the process group (torchrun), train, export; returns the summary."""
     run.task_config = None
     config = train_config(run)
@@ -78,7 +82,7 @@ class Replicated:
 class Trainer:
     """The parts of one training run and the loop over them (module docstring)."""
 
-    def __init__(self, run: Any, config: TrainConfig, info: DistInfo) -> None:
+    def __init__(self, run: RunContext, config: TrainConfig, info: DistInfo) -> None:
         self.run, self.config, self.info = run, config, info
         self.step = 0
         self.history: list[tuple[int, float]] = []
@@ -97,21 +101,17 @@ class Trainer:
         run, cfg = self.run, self.config
         factory = run.components.get("dataset", cfg.dataset, where="train.dataset").value
         self.dataset = factory(run, cfg)
-        spec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
-        self.codec = spec.build(run)
-        self.text = run.components.get("text_encoder", run.experiment.model.text_encoder,
-                                       where="model.text_encoder").value(run)
+        self.codec = build_codec(run)
+        self.text = build_text_encoder(run)
         self.encoder = BatchEncoder(self.codec, self.text, device=run.device, dtype=run.dtype,
                                     cache=cfg.cache_latents, caption_dropout=cfg.caption_dropout)
         self.stream = DataStream(len(self.dataset), batch_size=cfg.batch_size, seed=run.experiment.run.seed,
                                  rank=self.info.rank, world_size=self.info.world_size)
 
     def _build_model(self) -> None:
-        from longlive.generate import build_model
-
         run, cfg = self.run, self.config
-        init = str(resolve_path(cfg.init_from, run)) if cfg.init_from is not None else None
-        model = build_model(run, role="generator", training=True, checkpoint=init).float().train()
+        init = str(resolve_path(cfg.init_from, run, "train.init_from")) if cfg.init_from is not None else None
+        model = build_model(run, role="generator", training=True, checkpoint=init, dtype=torch.float32).train()
         if not any(p.requires_grad for p in model.parameters()):  # no adapter plugin: train everything
             model.requires_grad_(True)
         self.model = model

@@ -3,6 +3,5 @@ KV-cache-relative RoPE (LongLive 2.0's sinks plus LongLive 1.0's interactive re-
 from __future__ import annotations
 
 from longlive_plugins.attn_sink.plugin import AttnSink, AttnSinkConfig
-from longlive_plugins.attn_sink.policy import SinkPolicy
 
-__all__ = ["AttnSink", "AttnSinkConfig", "SinkPolicy"]
+__all__ = ["AttnSink", "AttnSinkConfig"]

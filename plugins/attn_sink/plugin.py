@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import torch
 
 from longlive.errors import ConfigError, PluginError
 from longlive.registry import hookimpl
 from longlive.structure import at_least
-from longlive_plugins.attn_sink.policy import SinkPolicy
+
+if TYPE_CHECKING:
+    import torch
+
+    from longlive.cache import CacheSpec
+    from longlive.pipeline import GenerationState
+    from longlive.prompts import ChunkPrompt
+    from longlive_plugins.attn_sink.policy import SinkPolicy
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +37,7 @@ class AttnSinkConfig:
     clear_window_on_cut: bool = False  # a cut drops the previous shot from the cache (re-caching the cut chunk)
     recache_on_switch: bool = False  # re-run the window under the new prompt at a switch (LongLive 1.0)
     recache_sink: bool = False  # re-cache the sinks too at a switch
-    scene_cut_prefix: str = ""  # prepended to the prompts of every shot after the first (conditioning only)
+    scene_cut_prefix: str = ""  # text before the prompt of the first chunk of every later shot (conditioning only)
     relative_rope: bool = False  # positions relative to the visible window: bounded for any video length
     prompt_file: str | None = None  # live prompts: a file polled before each chunk (relative to the cwd)
     prompt_stdin: bool = False  # live prompts: one per line on stdin
@@ -76,7 +82,9 @@ class AttnSink:
         check_budget(self.config, frames_per_chunk=s.frames_per_chunk, window_frames=s.window_frames)
 
     @hookimpl
-    def longlive_make_kv_policy(self, spec) -> SinkPolicy:
+    def longlive_make_kv_policy(self, spec: CacheSpec) -> SinkPolicy:
+        from longlive_plugins.attn_sink.policy import SinkPolicy
+
         c, fpc = self.config, spec.frames_per_chunk
         check_budget(c, frames_per_chunk=fpc, window_frames=spec.num_slots * fpc)
         self._latents.clear()  # a new video
@@ -90,19 +98,23 @@ class AttnSink:
                           clear_window_on_cut=c.clear_window_on_cut, relative_rope=c.relative_rope)
 
     @hookimpl
-    def longlive_next_prompt(self, chunk) -> str | None:
-        live = self._live_prompt().resolve(chunk) if self._has_live_source else None
-        if self.config.scene_cut_prefix and chunk.shot_index > 0:
-            return self.config.scene_cut_prefix + (live if live is not None else chunk.prompt)
-        return live
+    def longlive_next_prompt(self, chunk: ChunkPrompt) -> str | None:
+        return self._live_prompt().resolve(chunk) if self._has_live_source else None
 
     @hookimpl
-    def longlive_shot_start(self, shot_index: int, chunk_index: int, state) -> None:
+    def longlive_prompt_prefix(self, chunk: ChunkPrompt) -> str | None:
+        """LongLive's convention: the scene-cut prefix on the first chunk of every later shot only."""
+        if self.config.scene_cut_prefix and chunk.shot_start and chunk.shot_index > 0:
+            return self.config.scene_cut_prefix
+        return None
+
+    @hookimpl
+    def longlive_shot_start(self, shot_index: int, chunk_index: int, state: GenerationState) -> None:
         _policy(state).start_shot(shot_index, chunk_index)
         log.info("attn_sink: shot %d starts at chunk %d", shot_index, chunk_index)
 
     @hookimpl
-    def longlive_prompt_switch(self, chunk_index: int, prompt: str, state) -> None:
+    def longlive_prompt_switch(self, chunk_index: int, prompt: str, state: GenerationState) -> None:
         if not self.config.recache_on_switch:
             return
         from longlive_plugins.attn_sink.recache import recache_chunks
@@ -113,7 +125,7 @@ class AttnSink:
                  [p.chunk_index for p in plans])
 
     @hookimpl
-    def longlive_chunk_done(self, index: int, latents: torch.Tensor, state) -> None:
+    def longlive_chunk_done(self, index: int, latents: torch.Tensor, state: GenerationState) -> None:
         if self.config.recache_on_switch:
             self._latents[index] = latents
             cached = set(_policy(state).cached_chunks())
@@ -133,7 +145,9 @@ class AttnSink:
         return self._live
 
 
-def _policy(state: Any) -> SinkPolicy:
+def _policy(state: GenerationState) -> SinkPolicy:
+    from longlive_plugins.attn_sink.policy import SinkPolicy
+
     policy = state.cache.policy
     if not isinstance(policy, SinkPolicy):
         raise PluginError(f"attn_sink: the KV cache's policy is {type(policy).__name__}, not the plugin's SinkPolicy; "

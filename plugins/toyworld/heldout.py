@@ -36,7 +36,7 @@ def heldout_script(seed: int, *, latent_frames: int, frames_per_chunk: int, stri
 
 
 def evaluate_heldout(run: Any, config: Any) -> dict:
-    from longlive.generate import build_parts, render
+    from longlive.assembly import build_parts, render
     from longlive_plugins.toyworld.shards import clip_seed
     from longlive_plugins.toyworld.toybench import score_video
 
@@ -50,7 +50,8 @@ def evaluate_heldout(run: Any, config: Any) -> dict:
                                 frames_per_chunk=s.frames_per_chunk, stride=config.temporal_factor,
                                 shots=config.eval_shots, size=config.size, fps=config.fps)
         schedule = chunk_prompts(script, num_frames=s.num_frames, frames_per_chunk=s.frames_per_chunk)
-        video, _, used = render(run, parts, schedule, show_progress=False)
+        rendered = render(run, parts, schedule, show_progress=False)
+        video, used = rendered.video, rendered.chunks
         prompts = pixel_schedule(used, frames_per_chunk=s.frames_per_chunk, temporal_stride=config.temporal_factor)
         scores = score_video(video[0], fps=config.fps, schedule=prompts, segment_s=config.segment_s)
         per_clip.append(scores.to_dict()["overall"])

@@ -1,4 +1,4 @@
-"""The toyworld plugin: registers the shapes world's codec, text encoder, DiT preset, dataset,
+"""The toyworld plugin: registers the shapes world's codec, text encoder, DiT preset,
 ToyBench metric and the `toy_data` task, and scores generated toy videos with ToyBench."""
 from __future__ import annotations
 
@@ -94,7 +94,6 @@ class ToyWorld:
         registry.add("metric", "toybench", self.score, summary="ToyBench: colour, shape, motion, persistence")
         registry.add("task", "toy_data", self._make_data, summary="write toy-world webdataset shards")
         registry.add("task", "toy_eval", self._evaluate, summary="ToyBench on held-out prompts")
-        registry.add("dataset", "toy-shards", _toy_dataset, summary="toy-world shards (video + per-chunk captions)")
 
     def _build_codec(self, run) -> Any:
         from longlive_plugins.toyworld.codec import PatchCodec
@@ -102,10 +101,9 @@ class ToyWorld:
         return PatchCodec(self.config.spatial_factor, self.config.temporal_factor)
 
     def _build_text(self, run) -> Any:
-        from longlive.tasks import dit_preset
         from longlive_plugins.toyworld.text import ToyTextEncoder
 
-        preset = dit_preset(run)
+        preset = run.preset
         return ToyTextEncoder(dim=preset.text_dim, text_len=preset.text_len).to(run.device)
 
     def score(self, video, schedule, fps: float) -> dict:
@@ -119,8 +117,7 @@ class ToyWorld:
         from longlive_plugins.toyworld.shards import write_shards
 
         c = self.config
-        base = run.experiment.source.parent if run.experiment.source is not None else Path.cwd()
-        data_dir = base / c.data_dir
+        data_dir = run.experiment.path(c.data_dir, "plugins.toyworld.data_dir")
         out = {}
         for split, clips in (("train", c.train_clips), ("heldout", c.heldout_clips)):  # disjoint seeds by split
             if clips:
@@ -155,9 +152,3 @@ class ToyWorld:
             path.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
             plot(scores, run.output_path("toybench.png"))
         run.log(0, {f"toybench/{k}": v for k, v in scores.to_dict()["overall"].items() if isinstance(v, float)})
-
-
-def _toy_dataset(run, train_config) -> Any:
-    from longlive.train.data import ShardClipDataset
-
-    return ShardClipDataset.from_config(run, train_config)

@@ -1,4 +1,4 @@
-"""Two ad-hoc plugins that both claim the KV storage role (for the conflict test)."""
+"""Ad-hoc plugins that claim one role twice (for the conflict tests)."""
 from __future__ import annotations
 
 import attrs
@@ -29,6 +29,27 @@ class StorageB(StorageA):
 
     @hookimpl
     def longlive_make_kv_storage(self, spec, run):
+        return None
+
+
+class PromptA:
+    """Claims the live prompt source role."""
+
+    Config = NoConfig
+
+    def __init__(self, config: NoConfig) -> None:
+        self.config = config
+
+    @hookimpl
+    def longlive_next_prompt(self, chunk):
+        return None
+
+
+class PromptB(PromptA):
+    """Claims the live prompt source role too."""
+
+    @hookimpl
+    def longlive_next_prompt(self, chunk):
         return None
 
 

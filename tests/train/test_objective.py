@@ -148,7 +148,7 @@ def test_from_run_reads_the_train_table():
 
 def test_training_from_scratch_uses_wans_seeded_initialisation():
     from longlive.config import experiment_from_table
-    from longlive.generate import build_model
+    from longlive.assembly import build_model
     from longlive.run import make_run
 
     def model(seed):

@@ -25,7 +25,7 @@ def toy_table(data: str, **train) -> dict:
         "model": {"preset": "debug", "codec": "toy-patch", "text_encoder": "toy-words"},
         "sampler": {"name": "fewstep", "height": SIZE, "width": SIZE, "num_frames": 4, "frames_per_chunk": 2,
                     "window_frames": 4, "steps": 2},
-        "train": {"dataset": "toy-shards", "data": data, "num_frames": 4, "steps": 6, "batch_size": 2,
+        "train": {"data": data, "num_frames": 4, "steps": 6, "batch_size": 2,
                   "lr": 1e-3, "log_every": 1, "save_every": 0, **train},
         "plugins": {"toyworld": {"size": SIZE, "fps": FPS}},
     }

@@ -1,7 +1,8 @@
 """Record per-chunk latent statistics during generation and write them as JSON.
 
 A worked example of a third-party LongLive plugin: an attrs `Config` class validates the
-`[plugins.latent_stats]` table, and two hook implementations receive core events.
+`[plugins.latent_stats]` table, and two hook implementations receive core events. torch is
+imported where it is used, so `longlive validate` and `longlive plugins` stay fast.
 """
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import json
 import logging
 import os
 
+from typing import TYPE_CHECKING
+
 import attrs
-import torch
 
 from longlive.errors import ConfigError
 from longlive.registry import hookimpl
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ class LatentStats:
     @hookimpl
     def longlive_chunk_done(self, index: int, latents: torch.Tensor) -> None:
         if index % self.config.every == 0:
+            import torch
+
             x = latents.float()
             self._chunks.append((index, torch.stack([x.mean(), x.std()])))
 

@@ -9,8 +9,8 @@ from longlive.model.dit import WanDiT
 from longlive.model.presets import dit_preset
 from longlive.pipeline import ChunkLoop, GenerationState
 from longlive.registry.manager import new_plugin_manager
-from longlive.sampling import make_sampler
-from longlive.tasks import RandomTextEncoder
+from longlive.sampling import fewstep_sampler
+from longlive.model.random_text import RandomTextEncoder
 
 FPC = 2  # latent frames per chunk
 SIDE = 64  # pixels: debug codec stride 16, patch 2 -> 2x2 tokens per latent frame
@@ -40,7 +40,7 @@ def make_loop(model: WanDiT, cache: KVCache, *plugins, steps: int = 1, batch: in
     cfg = model.config
     text = RandomTextEncoder(cfg.text_dim, cfg.text_len, tokens=cfg.text_len, device=torch.device("cpu"),
                              dtype=torch.float32)
-    state = GenerationState(model=model, cache=cache, sampler=make_sampler("fewstep", steps), encode_text=text.encode,
+    state = GenerationState(model=model, cache=cache, sampler=fewstep_sampler(steps), encode_text=text.encode,
                             batch=batch)
     return ChunkLoop(state, pm.hook, None)
 

@@ -115,11 +115,25 @@ def test_stdin_lines_become_prompts():
     assert PromptStream(io.StringIO("")).poll() is None
 
 
-def test_scene_cut_prefix_conditions_later_shots_without_spurious_switches(model):
+def test_scene_cut_prefix_is_on_the_first_chunk_of_each_later_shot_only(model):
+    """LongLive's convention (its data loaders and its pipeline's cut detection): "The scene
+    transitions. " conditions the first chunk of every shot after the first, and no other chunk;
+    the prefix is conditioning only, so it never looks like a prompt switch."""
     later = Shot(prompt="two", frames=3 * FPC, switches=(Switch(at_frame=2 * FPC, prompt="three"),))
-    script = PromptScript(shot=(Shot(prompt="one", frames=2 * FPC), later))
+    script = PromptScript(shot=(Shot(prompt="one", frames=2 * FPC), later, Shot(prompt="four", frames=2 * FPC)))
     rec = Recorder()
-    _run(model, _small(scene_cut_prefix="The scene transitions. "), script, rec)
-    assert rec.prompts == ["one", "one", "The scene transitions. two", "The scene transitions. two",
-                           "The scene transitions. three"]
-    assert rec.switches == [(4, "The scene transitions. three")]  # the scripted switch only
+    plugin = AttnSink(_small(scene_cut_prefix="The scene transitions. "))
+    spec = make_spec(model, 4)
+    loop = make_loop(model, KVCache(spec, policy=plugin.longlive_make_kv_policy(spec=spec)), plugin, rec)
+    encoded: list[str] = []
+    encode = loop.state.encode_text
+    loop.state.encode_text = lambda prompts: encoded.append(prompts[0]) or encode(prompts)
+    conditioning = []
+    with torch.no_grad():
+        for chunk in chunk_prompts(script, num_frames=script.total_frames, frames_per_chunk=FPC):
+            loop.step(chunk, chunk_noise(chunk.index))
+            conditioning.append(encoded[-1])
+    assert conditioning == ["one", "one", "The scene transitions. two", "two", "three",
+                            "The scene transitions. four", "four"]
+    assert rec.prompts == ["one", "one", "two", "two", "three", "four", "four"]  # the prompts in force
+    assert rec.switches == [(4, "three")]  # the scripted switch only

@@ -34,7 +34,7 @@ def test_toy_preset_follows_the_plugin_config():
                                             ("toy_bidirectional.safetensors", {"model_dim": 256,
                                                                                "prediction": "velocity"})])
 def test_shipped_weights_load_into_their_preset(name, toyworld):
-    from longlive.generate import build_model
+    from longlive.assembly import build_model
 
     path = WEIGHTS / name
     assert path.stat().st_size <= 25 * 2**20  # the limit for weights in the repo
@@ -44,7 +44,7 @@ def test_shipped_weights_load_into_their_preset(name, toyworld):
 
 
 def test_weights_of_another_prediction_are_refused():
-    from longlive.generate import build_model
+    from longlive.assembly import build_model
 
     with pytest.raises(ConfigError, match="trained with prediction='sample'.*prediction='velocity'"):
         build_model(_run(prediction="velocity"), checkpoint=str(WEIGHTS / "toy_ar.safetensors"))

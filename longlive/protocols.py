@@ -1,0 +1,66 @@
+"""The protocols of the parts a run is assembled from (KV storage and policy live in cache.py).
+
+Each is a `typing.Protocol`: a plugin's class fits by having the methods, no base class needed.
+The contract tests (tests/test_contracts.py) run every installed implementation through them.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Pixels <-> latents. Video [B, 3, T, H, W] in [-1, 1]; latents [B, C, F, h, w].
+
+    Causal codecs map T = 1 + stride * (F - 1) pixel frames to F latent frames. The streaming
+    calls carry temporal context across chunks, so chunked decoding equals a whole decode.
+    """
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_stream(self) -> Any:
+        """A fresh streaming state for `decode_chunk`."""
+
+    def decode_chunk(self, state: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Decode the next latent frames of a stream; returns their pixel frames."""
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Prompts -> [B, text_len, text_dim] embeddings, zero-padded after the prompt's tokens."""
+
+    def encode(self, prompts: list[str]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """Turns each chunk's latents into frames, in chunk order (the `longlive_make_decoder` role).
+
+    `push(index, latents)` for chunks 0, 1, 2, ... (index 0 starts a new video); `finish()`
+    returns the whole video [B, 3, T, H, W] in [-1, 1] on the CPU; `close()` releases workers and
+    queues and is always called (also after an error), any number of times.
+    """
+
+    def push(self, index: int, latents: torch.Tensor) -> None: ...
+
+    def finish(self) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """The training loss (the `longlive_make_objective` role).
+
+    `objective(model, batch, generator) -> (loss, metrics)`: `batch` holds "latents"
+    [B, C, F, H, W], "context" [B, chunks, L, D] and "seeds" [B]; the objective re-seeds
+    `generator` from the seeds, so draws do not depend on how a batch is split. `loss` is a
+    0-d tensor with grad; `metrics` maps names to detached 0-d tensors.
+    """
+
+    def __call__(self, model: Any, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...

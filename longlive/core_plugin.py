@@ -14,6 +14,7 @@ import attrs
 from longlive.components import CodecSpec, Lazy
 from longlive.errors import ConfigError
 from longlive.model.presets import DIT_PRESETS
+from longlive.model.vae_presets import VAE_PRESETS
 from longlive.registry import hookimpl
 
 if TYPE_CHECKING:
@@ -42,12 +43,13 @@ class CorePlugin:
     def longlive_register_components(self, registry: ScopedRegistry) -> None:
         for name, preset in DIT_PRESETS.items():
             registry.add("dit_preset", name, preset, summary=f"{preset.num_layers} layers, dim {preset.dim}")
-        wan = dict(temporal_stride=4, spatial_stride=16, latent_channels=48)
-        registry.add("codec", "wan2.2-vae", CodecSpec(build=Lazy("longlive.core_components:build_wan_vae"), **wan),
-                     summary="Wan2.2 VAE, stride 4x16x16, 48 channels")
-        registry.add("codec", "wan2.2-vae-debug",
-                     CodecSpec(build=Lazy("longlive.core_components:build_debug_vae"), **wan),
-                     summary="tiny Wan2.2-architecture VAE (tests)")
+        for name, preset, builder, summary in (
+                ("wan2.2-vae", VAE_PRESETS["wan2.2-vae"], "build_wan_vae", "Wan2.2 VAE"),
+                ("wan2.2-vae-debug", VAE_PRESETS["debug"], "build_debug_vae", "tiny Wan2.2-architecture VAE (tests)")):
+            spec = CodecSpec(build=Lazy(f"longlive.core_components:{builder}"), temporal_stride=preset.temporal_stride,
+                             spatial_stride=preset.spatial_stride, latent_channels=preset.z_dim)
+            registry.add("codec", name, spec, summary=f"{summary}, stride {spec.temporal_stride}x{spec.spatial_stride}"
+                         f"x{spec.spatial_stride}, {spec.latent_channels} channels")
         registry.add("text_encoder", "umt5-xxl", Lazy("longlive.core_components:build_umt5"),
                      summary="UMT5-XXL encoder from a local directory",
                      requires={"transformers": _TEXT_EXTRA, "sentencepiece": _TEXT_EXTRA})

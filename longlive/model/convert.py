@@ -19,12 +19,13 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from longlive.config import CHECKPOINT_FORMATS
 from longlive.errors import ConfigError
 from longlive.model.checkpoint import LazyTensors, load_strict, read_state_dict, rename_keys
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "longlive", "wan", "diffusers")
+FORMATS = CHECKPOINT_FORMATS  # one list: the [model] schema's
 _WRAPPERS = ("_fsdp_wrapped_module.", "_orig_mod.", "_checkpoint_wrapped_module.")
 _CONTAINERS = ("generator", "state_dict", "model")  # nested entries a training checkpoint may hold
 

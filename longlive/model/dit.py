@@ -56,6 +56,13 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class WanDiT(nn.Module):
     """The causal-capable Wan2.2 DiT built from a DiTConfig; `attention` is a backend name or kernel."""
 
+    # Modules that stay in high precision when the model is quantized (LongLive's choice): the
+    # embeddings of patches, text and time, the time projection, the head and every norm.
+    # Exact module names, or "re:<regex>" matched against the full name. Quantization formats
+    # read this list; only the blocks' attention and FFN linears are left to convert.
+    KEEP_HIGH_PRECISION: tuple[str, ...] = ("patch_embedding", "text_embedding", "time_embedding",
+                                            "time_projection", "head", r"re:(.*\.)?norm\w*$")
+
     def __init__(self, config: DiTConfig, *, attention: str | AttentionKernel = "auto") -> None:
         super().__init__()
         self.config = config
@@ -112,7 +119,8 @@ class WanDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Activation dtype: the dtype of the patch embedding (never quantized)."""
+        """Activation dtype: the dtype the model was placed in, held by the patch embedding (a
+        KEEP_HIGH_PRECISION module, so quantization never changes it)."""
         return self.patch_embedding.weight.dtype
 
     # ---- Embeddings ----------------------------------------------------------------------------
@@ -126,7 +134,7 @@ class WanDiT(nn.Module):
                 f"[B, {cfg.text_len}, {cfg.text_dim}] or [B, chunks, {cfg.text_len}, {cfg.text_dim}] "
                 f"(text encoder output zero-padded to text_len)"
             )
-        return self.text_embedding(context.to(self.text_embedding[0].weight.dtype)).to(self.dtype)
+        return self.text_embedding(context.to(self.dtype)).to(self.dtype)
 
     def _context(self, context: torch.Tensor, text_embedded: bool, frames: int) -> torch.Tensor:
         ctx = context if text_embedded else self.embed_text(context)
@@ -194,7 +202,7 @@ class WanDiT(nn.Module):
     def _time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t [B, N] -> e [B, N, dim] and e0 [B, N, 6, dim], both fp32."""
         emb = sinusoidal_embedding(t, self.config.freq_dim)  # [B, N, freq_dim]
-        e = self.time_embedding(emb.to(self.time_embedding[0].weight.dtype))
+        e = self.time_embedding(emb.to(self.dtype))
         e0 = self.time_projection(e).float().unflatten(-1, (6, self.config.dim))
         return e.float(), e0
 

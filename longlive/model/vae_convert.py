@@ -27,12 +27,13 @@ from typing import Mapping
 
 import torch
 
+from longlive.config import CHECKPOINT_FORMATS
 from longlive.errors import ConfigError
 from longlive.model.checkpoint import load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "longlive", "wan", "diffusers")
+FORMATS = CHECKPOINT_FORMATS  # one list: the [model] schema's
 
 # (our fragment, Wan fragment): a residual block's parts sit at `.<index>.` in a ModuleList.
 _WAN_RENAMES = (

@@ -28,3 +28,10 @@ def test_experiment_validates(path, tmp_path):
 def test_real_model_experiment_names_the_missing_text_encoder_path():
     with pytest.raises(ConfigError, match="^model.text_encoder_path: the umt5-xxl text encoder needs a local directory"):
         check_experiment(load_experiment(Path(__file__).parents[1] / "experiments" / "t2v_bf16.toml"))
+
+
+def test_the_readme_shows_the_shipped_experiment():
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    shipped = (root / "experiments" / "t2v_bf16.toml").read_text(encoding="utf-8")
+    assert f"```toml\n{shipped.rstrip()}\n```" in readme

@@ -41,7 +41,7 @@ class RunConfig:
     output_dir: str = "runs"  # the run writes to <output_dir>/<name>/<timestamp>/
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     dtype: str = attrs.field(default="auto", validator=one_of(DTYPES))  # auto: bf16 on cuda, fp32 on cpu
-    threads: int = attrs.field(default=0, validator=in_range(0, 1024))  # torch CPU threads; 0 = auto (see run.py)
+    threads: int = attrs.field(default=0, validator=in_range(0, 1024))  # torch CPU threads; 0 = auto: free cores
 
 
 @attrs.frozen(kw_only=True)

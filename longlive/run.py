@@ -147,14 +147,27 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
-def set_threads(threads: int, device: torch.device) -> None:
-    """torch's CPU threads: `run.threads`, or 0 = one thread (docs/benchmarks.md: "CPU threads")."""
+def set_threads(threads: int, device: torch.device) -> int:
+    """Set torch's CPU threads: `run.threads`, or 0 = auto (`auto_threads`). Returns the count."""
     import torch
 
-    count = threads or 1
+    count = threads or auto_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
-    log.debug("torch CPU threads: %d (device %s)", count, device)
+    log.info("torch CPU threads: %d%s (device %s)", count, "" if threads else " (auto; run.threads sets it)", device)
+    return count
+
+
+def auto_threads() -> int:
+    """The cores this process may use minus the ones already busy (1-minute load average), at least 1.
+
+    On a 2-core machine: 2 threads when idle, 1 when another job runs. Oversubscribed threads
+    spin against each other: the quickstart took 5-11 min with 2 threads on a busy 2-core
+    machine and 140 s with 1 (docs/benchmarks.md, "CPU threads").
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
 
 
 def check_components(experiment: Experiment, components: ComponentRegistry) -> None:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from longlive.errors import ConfigError
 from longlive.structure import at_least, in_range, one_of, structure
+
+
+if TYPE_CHECKING:
+    from longlive.run import CheckedExperiment, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class TrainConfig:
                                   f"{frames_per_chunk}; try {near}")
 
 
-def train_config(run: Any) -> TrainConfig:
+def train_config(run: RunContext | CheckedExperiment) -> TrainConfig:
     """The run's TrainConfig: `run.task_config` once the trainer set it, else structured from [train]."""
     if isinstance(run.task_config, TrainConfig):
         return run.task_config
@@ -82,6 +85,6 @@ def train_config(run: Any) -> TrainConfig:
     return structure(table, TrainConfig, where="train")
 
 
-def resolve_path(value: str, run: Any, key: str) -> str:
+def resolve_path(value: str, run: RunContext, key: str) -> str:
     """A path or shard pattern from [train] (`key`: its dotted name), by Experiment.path's rule."""
     return str(run.experiment.path(value, key))

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import tarfile
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import attrs
 import numpy as np
@@ -35,6 +35,12 @@ import torch
 from einops import rearrange
 
 from longlive.errors import ConfigError
+
+
+if TYPE_CHECKING:
+    from longlive.protocols import Codec, TextEncoder
+    from longlive.run import RunContext
+    from longlive.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +165,7 @@ class ShardClipDataset:
         self.pixel_frames = 1 + temporal_stride * (num_frames - 1)
 
     @classmethod
-    def from_config(cls, run: Any, config: Any) -> ShardClipDataset:
+    def from_config(cls, run: RunContext, config: TrainConfig) -> ShardClipDataset:
         from longlive.train.config import resolve_path
 
         codec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
@@ -255,7 +261,7 @@ def video_to_float(video: Any) -> torch.Tensor:
 class BatchEncoder:
     """Items -> {"latents" [B, C, F, H, W] fp32, "context" [B, n, L, D] fp32, "seeds" [B], "prompts"}."""
 
-    def __init__(self, codec: Any, text_encoder: Any, *, device: torch.device, dtype: torch.dtype,
+    def __init__(self, codec: Codec, text_encoder: TextEncoder, *, device: torch.device, dtype: torch.dtype,
                  cache: bool = False, caption_dropout: float = 0.0) -> None:
         self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
         self.caption_dropout = caption_dropout

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from longlive.model.presets import PREDICTIONS
 from longlive.registry import hookimpl
 from longlive.structure import at_least, in_range, one_of
+
+
+if TYPE_CHECKING:
+    from longlive.run import RunContext
+    from longlive_plugins.toyworld.codec import PatchCodec
+    from longlive_plugins.toyworld.text import ToyTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +100,12 @@ class ToyWorld:
         registry.add("task", "toy_data", self._make_data, summary="write toy-world webdataset shards")
         registry.add("task", "toy_eval", self._evaluate, summary="ToyBench on held-out prompts")
 
-    def _build_codec(self, run) -> Any:
+    def _build_codec(self, run: RunContext) -> PatchCodec:
         from longlive_plugins.toyworld.codec import PatchCodec
 
         return PatchCodec(self.config.spatial_factor, self.config.temporal_factor)
 
-    def _build_text(self, run) -> Any:
+    def _build_text(self, run: RunContext) -> ToyTextEncoder:
         from longlive_plugins.toyworld.text import ToyTextEncoder
 
         preset = run.preset
@@ -113,7 +118,7 @@ class ToyWorld:
         result = score_video(video, fps=fps, schedule=schedule, segment_s=self.config.segment_s)
         return result.to_dict()
 
-    def _make_data(self, run) -> dict:
+    def _make_data(self, run: RunContext) -> dict:
         from longlive_plugins.toyworld.shards import write_shards
 
         c = self.config
@@ -128,13 +133,13 @@ class ToyWorld:
                     temporal_factor=c.temporal_factor, workers=c.data_workers, switch_prob=c.switch_prob)]
         return {"shards": out, "summary": f"wrote toy shards to {data_dir}"}
 
-    def _evaluate(self, run) -> dict:
+    def _evaluate(self, run: RunContext) -> dict:
         from longlive_plugins.toyworld.heldout import evaluate_heldout
 
         return evaluate_heldout(run, self.config)
 
     @hookimpl
-    def longlive_run_end(self, run, result: dict) -> None:
+    def longlive_run_end(self, run: RunContext, result: dict) -> None:
         if run.experiment.run.task != "generate" or not self.config.score or "video" not in result:
             return
         from longlive_plugins.toyworld.toybench import plot, score_video

@@ -14,6 +14,10 @@ it, and the resumed run reproduces the uninterrupted one exactly (same data orde
 noise from the stream position, optimizer and EMA state, RNG states). Parameters train in fp32;
 on CUDA with run.dtype bf16 the forward runs under bf16 autocast. At the end the EMA weights
 are exported to `<run_dir>/<train.export>` (safetensors, in run.dtype).
+
+Divergence: before every save and before the export, every rank checks that the weights, the
+optimizer state and the EMA are finite; if not, the run stops with an error and writes nothing,
+so `last.pt` stays the last good checkpoint (and a resume starts from it).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from torch import nn
 
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from longlive.errors import LongLiveError
-from longlive.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from longlive.train.checkpoint import (load_checkpoint, nonfinite_tensors, remove_stale_temporaries, rng_state,
+                                       save_checkpoint, set_rng_state)
 from longlive.train.config import TrainConfig, resolve_path, train_config
 from longlive.train.data import BatchEncoder, DataStream
 from longlive.train.ema import EMA
@@ -81,6 +86,7 @@ class Trainer:
     def __init__(self, run: Any, config: TrainConfig, info: DistInfo) -> None:
         self.run, self.config, self.info = run, config, info
         self.step = 0
+        self.saved_step: int | None = None  # step of the newest checkpoint written or resumed from
         self.history: list[tuple[int, float]] = []
         self._tokens, self._clock = 0, time.perf_counter()  # since the last log
         torch.manual_seed(run.experiment.run.seed + info.rank)  # plugins' draws; ours are per sample
@@ -237,15 +243,31 @@ class Trainer:
                 "ema": self.ema.state_dict(), "data": self.stream.state_dict(), "rng": rng,
                 "mode": self.config.mode, "history": [list(h) for h in self.history]}
 
+    def check_finite(self) -> None:
+        """Raise when the weights, optimizer state or EMA hold NaN/inf (every rank: the state is replicated)."""
+        bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+                                 "ema": self.ema.shadow})
+        if not bad:
+            return
+        kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.checkpoints / 'last.pt'}"
+                if self.saved_step is not None else "no checkpoint was written")
+        raise LongLiveError(f"training diverged by step {self.step}: {len(bad)} tensors hold NaN or inf "
+                            f"(e.g. {', '.join(bad[:2])}); nothing saved, {kept}; lower train.lr, "
+                            f"set train.grad_clip or train.warmup_steps")
+
     def save(self) -> None:
         if self.checkpoints is None:
             return
+        self.check_finite()
         rng = all_gather_objects(self.info, rng_state())  # a collective: every rank takes part
         if self.info.is_main:
             save_checkpoint(self.state_dict(rng), self.checkpoints, keep_previous=self.config.keep_previous)
+        self.saved_step = self.step
         barrier(self.info)
 
     def resume(self) -> None:
+        if self.checkpoints is not None and self.info.is_main:
+            remove_stale_temporaries(self.checkpoints)
         state = load_checkpoint(self.checkpoints) if self.checkpoints is not None else None
         if state is None:
             return
@@ -255,7 +277,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.stream.load_state_dict(state["data"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.history = [(int(s), float(v)) for s, v in state["history"]]
         if len(state["rng"]) == self.info.world_size:
             set_rng_state(state["rng"][self.info.rank])
@@ -277,6 +299,8 @@ class Trainer:
         from longlive.model.checkpoint import save_safetensors_atomic
 
         export = self.run.output_path(self.config.export)
+        if export is not None:
+            self.check_finite()
         if export is not None and self.info.is_main:
             save_safetensors_atomic(self.ema.model_state(self.model, self.run.dtype), export,
                                     metadata={"preset": self.run.experiment.model.preset, "step": str(self.step),

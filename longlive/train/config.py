@@ -42,6 +42,8 @@ class TrainConfig:
     ema_start: int = attrs.field(default=0, validator=at_least(0))  # before this step the EMA copies the model
     timestep_shift: float = attrs.field(default=5.0, validator=in_range(0.01, 100.0))
     time_weighting: str = attrs.field(default="gaussian", validator=one_of(TIME_WEIGHTINGS))
+    # Corrupt samples skipped (each replaced by the next readable one) before the run stops.
+    max_bad_samples: int = attrs.field(default=10, validator=in_range(0, 10**9))
     cache_latents: bool = False  # keep encoded latents and text in memory (small datasets)
     caption_dropout: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))  # P(empty prompt), for CFG
     # Loss weight of chunks that start a caption (chunk 0, cuts, prompt switches); 1 = plain mean.

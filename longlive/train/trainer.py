@@ -35,7 +35,7 @@ from longlive.errors import LongLiveError
 from longlive.train.checkpoint import (load_checkpoint, nonfinite_tensors, remove_stale_temporaries, rng_state,
                                        save_checkpoint, set_rng_state)
 from longlive.train.config import TrainConfig, resolve_path, train_config
-from longlive.train.data import BatchEncoder, DataStream
+from longlive.train.data import BatchEncoder, DataStream, SkippingDataset
 from longlive.train.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Trainer:
     def _build_data(self) -> None:
         run, cfg = self.run, self.config
         factory = run.components.get("dataset", cfg.dataset, where="train.dataset").value
-        self.dataset = factory(run, cfg)
+        self.dataset = SkippingDataset(factory(run, cfg), max_bad=cfg.max_bad_samples)
         spec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
         self.codec = spec.build(run)
         self.text = run.components.get("text_encoder", run.experiment.model.text_encoder,
@@ -229,7 +229,7 @@ class Trainer:
         elapsed, self._clock = time.perf_counter() - self._clock, time.perf_counter()
         scalars = {"train/loss": loss, "train/mse": mse, "train/sigma": sigma, "train/grad_norm": grad_norm,
                    "train/lr": self.lr_at(self.step - 1), "train/tokens_per_s": self._tokens / max(elapsed, 1e-9),
-                   "train/epoch": self.stream.epoch}
+                   "train/epoch": self.stream.epoch, "train/bad_samples": len(self.dataset.bad)}
         self._tokens = 0
         self.history.append((self.step, loss))
         if self.info.is_main:
@@ -241,7 +241,8 @@ class Trainer:
     def state_dict(self, rng: list[dict]) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict(), "data": self.stream.state_dict(), "rng": rng,
-                "mode": self.config.mode, "history": [list(h) for h in self.history]}
+                "mode": self.config.mode, "history": [list(h) for h in self.history],
+                "bad_samples": sorted(self.dataset.bad)}
 
     def check_finite(self) -> None:
         """Raise when the weights, optimizer state or EMA hold NaN/inf (every rank: the state is replicated)."""
@@ -279,6 +280,7 @@ class Trainer:
         self.stream.load_state_dict(state["data"])
         self.step = self.saved_step = int(state["step"])
         self.history = [(int(s), float(v)) for s, v in state["history"]]
+        self.dataset.bad.update({int(i): "skipped before the resume" for i in state.get("bad_samples", [])})
         if len(state["rng"]) == self.info.world_size:
             set_rng_state(state["rng"][self.info.rank])
         else:
@@ -309,5 +311,7 @@ class Trainer:
         loss = self.history[-1][1] if self.history else math.nan
         return {"steps": self.step, "loss": loss, "losses": [v for _, v in self.history],
                 "export": str(export) if export is not None else None,
+                "bad_samples": [self.dataset.bad[i] for i in sorted(self.dataset.bad)],
                 "summary": f"trained {self.step} steps ({self.config.mode}); final loss {loss:.4f}"
+                           + (f"; {len(self.dataset.bad)} corrupt samples skipped" if self.dataset.bad else "")
                            + (f"; EMA weights -> {export}" if export is not None else "")}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture()
@@ -15,3 +16,4 @@ def toy_shards(tmp_path):
     from toy_setup import write_toy_shards
 
     return write_toy_shards(tmp_path / "shards", num_clips=8, clips_per_shard=4, frames=8)
+

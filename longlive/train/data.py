@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import tarfile
+from collections import Counter
 from typing import Any, Callable, Protocol, Sequence
 
 import attrs
@@ -42,6 +43,7 @@ import torch
 from einops import rearrange
 
 from longlive.errors import ConfigError
+from longlive.train.manifest import check_counts
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +160,12 @@ def index_shards(files: Sequence[str], *, where: str) -> list[SampleRef]:
                         key, _, ext = base.partition(".")
                         prefix = m.name[: len(m.name) - len(base)]
                         members.setdefault(prefix + key, {})[ext] = _Member(m.offset_data, m.size)
+                rest = os.path.getsize(path) - tar.offset
         except tarfile.TarError as e:
             raise ConfigError(f"{where}: {path!r} is not a readable (uncompressed) tar shard: {e}") from None
+        if rest > 2 * tarfile.RECORDSIZE:  # tarfile ends quietly at a damaged header: say so
+            log.warning("%s: %s stops being readable at byte %d of %d; the samples after it are lost",
+                        where, path, os.path.getsize(path) - rest, os.path.getsize(path))
         for key, parts in members.items():
             video = [m for ext, m in parts.items() if ext.endswith("npy")]
             if len(video) == 1 and "json" in parts:
@@ -220,6 +226,7 @@ class ShardClipDataset:
         codec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
         files = expand_pattern(resolve_path(config.data, run), where="train.data")
         refs = index_shards(files, where="train.data")
+        check_counts(files, Counter(ref.shard for ref in refs), max_missing=config.max_bad_samples, where="train.data")
         log.info("dataset: %d samples in %d shards (%s)", len(refs), len(files), config.data)
         return cls(refs, num_frames=config.num_frames, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
                    temporal_stride=codec.temporal_stride)

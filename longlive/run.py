@@ -86,6 +86,10 @@ def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir:
 
         run.task_config = train_config(run)
         run.task_config.check(experiment.sampler.frames_per_chunk)
+    if experiment.generate is not None:  # open the prompt script and image now, so validate checks them too
+        from longlive.inputs import check_generate_inputs
+
+        check_generate_inputs(experiment)
     if create_dir:
         run.run_dir = run_dir or _new_run_dir(experiment)
         run.run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ import attrs
 
 from longlive.model.presets import PREDICTIONS
 from longlive.registry import hookimpl
-from longlive.structure import at_least, in_range, one_of
+from longlive.config import MAX_COUNT, MAX_FRAMES
+from longlive.structure import in_range, one_of
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,15 @@ class ToyWorldConfig:
     segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
     # The `toy_data` task: webdataset shards of rendered multi-shot clips.
     data_dir: str = "data/toy"  # relative to the experiment file
-    train_clips: int = attrs.field(default=2000, validator=at_least(1))
-    heldout_clips: int = attrs.field(default=64, validator=at_least(0))
-    clip_frames: int = attrs.field(default=64, validator=at_least(2))  # pixel frames per clip
+    train_clips: int = attrs.field(default=2000, validator=in_range(1, MAX_COUNT))
+    heldout_clips: int = attrs.field(default=64, validator=in_range(0, MAX_COUNT))
+    clip_frames: int = attrs.field(default=64, validator=in_range(2, MAX_FRAMES))  # pixel frames per clip
     max_shots: int = attrs.field(default=3, validator=in_range(1, 8))
     switch_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))  # boundary = motion switch, not cut
-    clips_per_shard: int = attrs.field(default=250, validator=at_least(1))
+    clips_per_shard: int = attrs.field(default=250, validator=in_range(1, MAX_COUNT))
     data_workers: int = attrs.field(default=1, validator=in_range(1, 256))  # processes writing shards
     # The `toy_eval` task: ToyBench on held-out prompts (clip length = sampler.num_frames).
-    eval_clips: int = attrs.field(default=16, validator=at_least(1))
+    eval_clips: int = attrs.field(default=16, validator=in_range(1, MAX_COUNT))
     eval_shots: int = attrs.field(default=1, validator=in_range(1, 8))
 
     def __attrs_post_init__(self) -> None:

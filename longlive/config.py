@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from longlive.errors import ConfigError
-from longlive.structure import in_range, one_of, structure, unstructure
+from longlive.structure import file_name, in_range, one_of, relative_folder, structure, unstructure
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,11 +41,13 @@ CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
 class RunConfig:
     """[run]: what to run and where its outputs go."""
 
-    name: str
+    name: str = attrs.field(validator=file_name())  # a plain name: the run folder is <output_dir>/<name>/
     task: str = "generate"  # generate | train | bench | a task a plugin registers
     seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     plugins: tuple[str, ...] = ()
-    output_dir: str = "runs"  # the run writes to <output_dir>/<name>/<timestamp>/
+    # The run writes to <output_dir>/<name>/<timestamp>/: relative to the working directory
+    # (without ..), or an absolute path.
+    output_dir: str = attrs.field(default="runs", validator=relative_folder())
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     dtype: str = attrs.field(default="auto", validator=one_of(DTYPES))  # auto: bf16 on cuda, fp32 on cpu
 

@@ -42,6 +42,8 @@ class RunContext:
 
     def output_path(self, name: str) -> Path | None:
         """Path of an output file inside the run directory (None when the run has none)."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"output_path: {name!r} is not a file name inside the run directory")
         return self.run_dir / name if self.run_dir is not None else None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -162,16 +164,20 @@ def _is_plain(value: Any) -> bool:
 
 
 def _new_run_dir(experiment: Experiment) -> Path:
-    base = Path(experiment.run.output_dir)
-    if not base.is_absolute() and experiment.source is not None and not base.exists():
-        base = Path.cwd() / base
+    """A fresh `<output_dir>/<name>/<timestamp>[-N]`, created here with an exclusive mkdir, so two
+    runs started at once never share one. output_dir is resolved once, against the working directory."""
+    base = Path(experiment.run.output_dir).expanduser().resolve() / experiment.run.name
+    base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = base / experiment.run.name / stamp
-    suffix = 1
-    while path.exists():
-        path = base / experiment.run.name / f"{stamp}-{suffix}"
-        suffix += 1
-    return path
+    for suffix in range(10_000):
+        path = base / (f"{stamp}-{suffix}" if suffix else stamp)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"run.output_dir: 10000 runs named {experiment.run.name!r} started this second in {base}; "
+                      f"pass --run-dir")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import types
 import typing
 from typing import Any, Callable, Iterable, TypeVar
@@ -141,6 +142,32 @@ def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], N
         if not low <= value <= high:
             raise ConfigError(f"{attribute.name}: {_show(value)} is out of range; "
                               f"it must be between {low} and {high}")
+
+    return check
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def file_name() -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: a plain name (letters, digits, `_.+-`; no separators, not `.`/`..`, no leading dot)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not _NAME.fullmatch(value):
+            raise ConfigError(f"{attribute.name}: {_show(value)} is not a plain name; use letters, digits and "
+                              f"_ . + - (no / or \\, at most 128 characters, not starting with a dot)")
+
+    return check
+
+
+def relative_folder() -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: an absolute folder, or a relative one that does not climb out with `..`."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        parts = value.replace("\\", "/").split("/")
+        if not value.strip() or ".." in parts or "\0" in value:
+            raise ConfigError(f"{attribute.name}: {_show(value)} must be a folder below the working directory "
+                              f"(no ..) or an absolute path")
 
     return check
 

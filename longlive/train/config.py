@@ -9,7 +9,7 @@ import attrs
 
 from longlive.errors import ConfigError
 from longlive.config import MAX_COUNT, MAX_FRAMES, MAX_STEPS
-from longlive.structure import in_range, one_of, optional, structure
+from longlive.structure import file_name, in_range, one_of, optional, structure
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ class TrainConfig:
     eval_every: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))  # 0: no evaluation
     eval_frames: int | None = attrs.field(default=None, validator=optional(in_range(1, MAX_FRAMES)))  # latent frames of the evaluation video (default: num_frames)
     init_from: str | None = None  # initial DiT weights (any format model.checkpoint_format reads)
-    export: str = "model.safetensors"  # EMA weights written to the run directory at the end
+    # EMA weights written to the run directory at the end (a file name, not a path)
+    export: str = attrs.field(default="model.safetensors", validator=file_name())
 
     def __attrs_post_init__(self) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

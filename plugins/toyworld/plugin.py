@@ -34,7 +34,9 @@ class ToyWorldConfig:
     score: bool = True  # score generated videos with ToyBench (task generate)
     segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
     # The `toy_data` task: webdataset shards of rendered multi-shot clips.
-    data_dir: str = "data/toy"  # relative to the experiment file
+    # Relative to the experiment file (.. allowed: the recipes write to the repository's data/) or
+    # absolute; the task writes only <data_dir>/<split>/<split>-NNNNNN.tar and manifest.json there.
+    data_dir: str = "data/toy"
     train_clips: int = attrs.field(default=2000, validator=in_range(1, MAX_COUNT))
     heldout_clips: int = attrs.field(default=64, validator=in_range(0, MAX_COUNT))
     clip_frames: int = attrs.field(default=64, validator=in_range(2, MAX_FRAMES))  # pixel frames per clip
@@ -49,6 +51,9 @@ class ToyWorldConfig:
     def __attrs_post_init__(self) -> None:
         from longlive.errors import ConfigError
 
+        if not self.data_dir.strip() or Path(self.data_dir).expanduser().resolve() == Path("/"):
+            raise ConfigError(f"plugins.toyworld.data_dir: {self.data_dir!r} must name a data folder, not the "
+                              f"working directory or the filesystem root")
         channels = 3 * self.spatial_factor ** 2 * self.temporal_factor
         if channels != 48:
             raise ConfigError(f"plugins.toyworld: 3 x spatial_factor^2 x temporal_factor = {channels}, "

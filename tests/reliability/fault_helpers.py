@@ -3,6 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# A tiny generate experiment (toy world, debug DiT, CPU) and its train and bench variants.
+BASE = {
+    "run": {"name": "v", "task": "generate", "device": "cpu", "plugins": ["toyworld", "attn_sink"]},
+    "model": {"preset": "debug", "codec": "toy-patch", "text_encoder": "toy-words"},
+    "sampler": {"height": 32, "width": 32, "num_frames": 4, "frames_per_chunk": 2, "window_frames": 4},
+    "generate": {"prompt": "a red circle moves left on a dark blue background"},
+    "plugins": {"toyworld": {"size": 32}, "attn_sink": {"sink_frames": 0, "shot_sink_frames": 0}},
+}
+TRAIN = {**BASE, "run": {**BASE["run"], "task": "train"}, "train": {"data": "shards/*.tar"}}
+BENCH = {**BASE, "run": {**BASE["run"], "task": "bench"}, "bench": {}}
+
 
 def write_experiment(directory: Path, table: dict, name: str = "exp.toml") -> Path:
     """`table` as a TOML experiment file in `directory`."""

@@ -9,24 +9,13 @@ import typing
 import attrs
 import pytest
 
-from fault_helpers import cli, write_experiment
+from fault_helpers import BASE, BENCH, TRAIN, cli, write_experiment
 from longlive.config import BenchConfig, GenerateConfig, ModelConfig, RunConfig, SamplerConfig
 from longlive.errors import ConfigError
 from longlive.prompts import Shot, Switch
 from longlive.registry.manager import installed_plugins, load_plugin_class
 from longlive.structure import structure
 from longlive.train.config import TrainConfig
-
-BASE = {
-    "run": {"name": "v", "task": "generate", "device": "cpu", "plugins": ["toyworld", "attn_sink"]},
-    "model": {"preset": "debug", "codec": "toy-patch", "text_encoder": "toy-words"},
-    "sampler": {"height": 32, "width": 32, "num_frames": 4, "frames_per_chunk": 2, "window_frames": 4},
-    "generate": {"prompt": "a red circle moves left on a dark blue background"},
-    "plugins": {"toyworld": {"size": 32}, "attn_sink": {"sink_frames": 0, "shot_sink_frames": 0}},
-}
-TRAIN = {**BASE, "run": {**BASE["run"], "task": "train"}, "train": {"data": "shards/*.tar"}}
-BENCH = {**BASE, "run": {**BASE["run"], "task": "bench"}, "bench": {}}
-
 
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one value (TOML syntax; repeatable), e.g. --set sampler.num_frames=256")
     run.add_argument("--run-dir", type=Path, default=None, help="write outputs here instead of a new timestamped folder")
+    run.add_argument("--allow-changed-resume", action="store_true",
+                     help="resume a checkpoint although the experiment changed in a way that breaks exact resume "
+                          "(both experiments are kept in the run directory)")
 
     val = sub.add_parser("validate", help="check experiment files without running them",
                          description="Load each experiment, build its plugins and check every table and path.")
@@ -88,6 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.run_dir is None:
         raise ConfigError("--run-dir: under torchrun every rank must write to one run directory; pass --run-dir DIR")
     run = make_run(experiment, run_dir=args.run_dir)
+    run.allow_changed_resume = args.allow_changed_resume
     _add_file_log(run.run_dir / "log.txt")
     log.info("run %s (task %s) -> %s", experiment.run.name, experiment.run.task, run.run_dir)
     result = run_task(run)

@@ -35,6 +35,7 @@ class RunContext:
     run_dir: Path | None = None
     monitor: Monitor = attrs.field(factory=lambda: Monitor(None))
     task_config: Any = None  # the structured table of the task ([train] for train), if any
+    allow_changed_resume: bool = False  # --allow-changed-resume: resume under an experiment that breaks exactness
 
     @property
     def hook(self) -> Any:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
-from longlive.errors import LongLiveError
+from longlive.errors import ConfigError, LongLiveError
 from longlive.train.checkpoint import (load_checkpoint, nonfinite_tensors, remove_stale_temporaries, rng_state,
                                        save_checkpoint, set_rng_state)
 from longlive.train.config import TrainConfig, resolve_path, train_config
@@ -238,8 +238,14 @@ class Trainer:
 
     # ---- checkpoints, evaluation, export ----------------------------------------------------
 
+    def experiment_toml(self) -> str:
+        """The resolved experiment of this run (what experiment.toml holds)."""
+        from longlive.config import dumps_toml, experiment_to_table
+
+        return dumps_toml(experiment_to_table(self.run.experiment, self.run.plugin_configs, self.config))
+
     def state_dict(self, rng: list[dict]) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"step": self.step, "experiment": self.experiment_toml(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict(), "data": self.stream.state_dict(), "rng": rng,
                 "mode": self.config.mode, "history": [list(h) for h in self.history],
                 "bad_samples": sorted(self.dataset.bad)}
@@ -274,6 +280,7 @@ class Trainer:
             return
         from longlive.model.checkpoint import load_strict
 
+        self.check_changes(state)
         load_strict(self.model, state["model"], what=f"model of checkpoint in {self.checkpoints}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
@@ -287,6 +294,29 @@ class Trainer:
             log.warning("resume: checkpoint has RNG states of %d ranks, this run has %d; global RNGs not restored",
                         len(state["rng"]), self.info.world_size)
         log.info("resumed at step %d (data position %d)", self.step, self.stream.position)
+
+    def check_changes(self, state: dict) -> None:
+        """Refuse a resume under an experiment that breaks exact resume (longlive/train/resume.py)."""
+        from longlive.train.resume import breaking_changes, describe, tomllib, write_text_atomic
+
+        saved = state.get("experiment")
+        if saved is None:  # a checkpoint of an older version
+            log.warning("resume: the checkpoint does not record its experiment; changes cannot be checked")
+            return
+        changes = breaking_changes(saved, tomllib.loads(self.experiment_toml()))
+        if not changes:
+            return
+        step, run_dir = int(state["step"]), self.run.run_dir
+        if not self.run.allow_changed_resume:
+            if self.info.is_main:  # experiment.toml goes on recording what the checkpoint was trained under
+                write_text_atomic(run_dir / "experiment.toml", saved)
+            raise ConfigError(f"resume: the experiment differs from the one the checkpoint (step {step}) was trained "
+                              f"under: {describe(changes)}; restore the values, or pass --allow-changed-resume to "
+                              f"continue under the new ones (both are recorded)")
+        if self.info.is_main:
+            write_text_atomic(run_dir / f"experiment.step-{step}.toml", saved)
+        log.warning("resume: continuing step %d under a changed experiment (%s); the experiment of steps 1-%d is "
+                    "kept in %s", step, describe(changes), step, run_dir / f"experiment.step-{step}.toml")
 
     def evaluate(self) -> None:
         if self.info.is_main:

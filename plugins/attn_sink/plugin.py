@@ -9,9 +9,9 @@ from typing import Any
 import attrs
 import torch
 
+from longlive.config import MAX_FRAMES
 from longlive.errors import ConfigError, PluginError
 from longlive.registry import hookimpl
-from longlive.config import MAX_FRAMES
 from longlive.structure import in_range
 from longlive_plugins.attn_sink.policy import SinkPolicy
 

@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("failure", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    except Exception as e:  # a bug or a library failure: keep the traceback in the log file
-        log.error("run failed", exc_info=True)
-        print(f"error: {type(e).__name__}: {e} (traceback in the run's log.txt)", file=sys.stderr)
+    except Exception as e:  # a bug or a library failure: the traceback goes to the log file (or -v console)
+        log.debug("failure", exc_info=True)
+        log_file = _log_file()
+        where = f"traceback in {log_file}" if log_file else "rerun with -v for the traceback"
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"error: {type(e).__name__}: {first} ({where})", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -151,6 +154,14 @@ def _configure_console_logging(level: int) -> None:
     root.addHandler(console)
     for noisy in ("PIL", "matplotlib", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_file() -> str | None:
+    """The path of this process's run log, if one is open."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "longlive-file" and isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
 
 
 def _add_file_log(path: Path) -> None:

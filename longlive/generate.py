@@ -31,12 +31,13 @@ def geometry_for(run: Any, codec: Any, preset: Any) -> Geometry:
 
 
 def build_model(run: Any, role: str = "generator", *, training: bool = False,
-                checkpoint: str | None = None) -> torch.nn.Module:
+                checkpoint: str | None = None, where: str = "model.checkpoint") -> torch.nn.Module:
     """The DiT named by model.preset with its weights, then adapters and quantization.
 
     The order is explicit: for inference adapters are merged first, then the model is quantized;
     for training the frozen base is quantized first, then adapters are attached. `checkpoint`
-    overrides model.checkpoint (training starts from train.init_from). All parameters come back
+    overrides model.checkpoint (training starts from train.init_from; `where` names the key in
+    errors). All parameters come back
     frozen; an adapter plugin unfreezes what it adds.
     """
     from longlive.model.convert import load_dit_weights
@@ -49,7 +50,7 @@ def build_model(run: Any, role: str = "generator", *, training: bool = False,
     checkpoint = checkpoint or cfg.checkpoint
     if checkpoint is not None:
         model = model.to_empty(device="cpu")
-        load_dit_weights(model, checkpoint, format=cfg.checkpoint_format)
+        load_dit_weights(model, checkpoint, format=cfg.checkpoint_format, where=where)
         model = model.to(device=run.device, dtype=run.dtype)
     elif training:  # training from scratch: Wan's initialisation (zero head), seeded by run.seed
         model = model.to_empty(device=run.device)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from longlive.errors import ConfigError
-from longlive.model.checkpoint import load_strict, read_state_dict
+from longlive.model.checkpoint import load_strict, nonfinite_keys, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,10 @@ def load_dit_weights(model: nn.Module, path: str | os.PathLike, format: str = "a
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConfigError(f"{where}: {str(path)!r} holds non-tensor entries ({bad[:3]}); it is not a DiT state dict")
+    bad = nonfinite_keys(state)
+    if bad:
+        raise ConfigError(f"{where}: {str(path)!r} holds NaN or inf in {len(bad)} tensors (e.g. {bad[0]}); these "
+                          f"weights cannot generate (a diverged training run?); use an earlier checkpoint")
     _check_prediction(model, path, where)
     fmt = load_dit_state(model, state, format, what=f"DiT from {os.fspath(path)}")
     log.info("loaded DiT weights from %s (%s format, %d tensors)", os.fspath(path), fmt, len(state))

@@ -18,9 +18,11 @@ removed by `remove_stale_temporaries` when the next run starts in the directory.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -67,10 +69,17 @@ def save_checkpoint(state: dict, directory: str | os.PathLike, *, keep_previous:
     directory.mkdir(parents=True, exist_ok=True)
     last, tmp = directory / LAST, directory / f".{LAST}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            _serialize({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                _serialize({"format_version": FORMAT_VERSION, **state}, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            if not _disk_full(e):
+                raise
+            free = shutil.disk_usage(directory).free / 2**20
+            raise LongLiveError(f"checkpoint: the disk of {directory} is full ({free:.0f} MiB free) while saving step "
+                                f"{state.get('step')}; {LAST} is unchanged; free space, then run again to resume") from e
         if keep_previous and last.exists():
             os.replace(last, directory / PREVIOUS)
         os.replace(tmp, last)
@@ -92,7 +101,9 @@ def load_checkpoint(directory: str | os.PathLike) -> dict | None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a torn or foreign file: try the previous one
-            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(e).__name__, e)
+            from longlive.model.checkpoint import describe_load_error
+
+            log.warning("checkpoint %s %s; trying the previous one", path, describe_load_error(e))
             errors.append(f"{name}: {type(e).__name__}")
             continue
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
@@ -109,6 +120,13 @@ def load_checkpoint(directory: str | os.PathLike) -> dict | None:
         raise ConfigError(f"resume: no readable checkpoint in {directory} ({'; '.join(errors)}); "
                           f"delete the folder to start over or point --run-dir elsewhere")
     return None
+
+
+def _disk_full(e: BaseException) -> bool:
+    """torch.save reports a full disk as "unexpected pos" (its zip writer) or as ENOSPC."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "unexpected pos" in str(e) or "No space left" in str(e)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:

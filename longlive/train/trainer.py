@@ -117,7 +117,8 @@ class Trainer:
 
         run, cfg = self.run, self.config
         init = str(resolve_path(cfg.init_from, run)) if cfg.init_from is not None else None
-        model = build_model(run, role="generator", training=True, checkpoint=init).float().train()
+        model = build_model(run, role="generator", training=True, checkpoint=init,
+                            where="train.init_from").float().train()
         if not any(p.requires_grad for p in model.parameters()):  # no adapter plugin: train everything
             model.requires_grad_(True)
         self.model = model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import attrs
 from longlive.model.presets import PREDICTIONS
 from longlive.registry import hookimpl
 from longlive.config import MAX_COUNT, MAX_FRAMES
+from longlive.errors import ConfigError
 from longlive.structure import in_range, one_of
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,6 @@ class ToyWorldConfig:
     eval_shots: int = attrs.field(default=1, validator=in_range(1, 8))
 
     def __attrs_post_init__(self) -> None:
-        from longlive.errors import ConfigError
-
         if not self.data_dir.strip() or Path(self.data_dir).expanduser().resolve() == Path("/"):
             raise ConfigError(f"plugins.toyworld.data_dir: {self.data_dir!r} must name a data folder, not the "
                               f"working directory or the filesystem root")
@@ -101,6 +101,27 @@ class ToyWorld:
         registry.add("task", "toy_data", self._make_data, summary="write toy-world webdataset shards")
         registry.add("task", "toy_eval", self._evaluate, summary="ToyBench on held-out prompts")
         registry.add("dataset", "toy-shards", _toy_dataset, summary="toy-world shards (video + per-chunk captions)")
+
+    @hookimpl
+    def longlive_configure(self, experiment) -> None:
+        """ToyBench scores only captions of the toy world: check the prompts before generating."""
+        g = experiment.generate
+        if experiment.run.task != "generate" or not self.config.score or g is None:
+            return
+        from longlive.prompts import load_prompt_script
+        from longlive_plugins.toyworld.world import parse_caption
+
+        if g.prompt_script is None:
+            prompts = [g.prompt]
+        else:
+            shots = load_prompt_script(g.prompt_script).shot
+            prompts = [p for shot in shots for p in (shot.prompt, *(sw.prompt for sw in shot.switches))]
+        for prompt in prompts:
+            try:
+                parse_caption(prompt)
+            except ConfigError as e:
+                key = "generate.prompt_script" if g.prompt_script else "generate.prompt"
+                raise ConfigError(f"{key}: {e}; or set [plugins.toyworld] score = false") from None
 
     def _build_codec(self, run) -> Any:
         from longlive_plugins.toyworld.codec import PatchCodec
@@ -158,7 +179,9 @@ class ToyWorld:
         result["summary"] = f"{result.get('summary', '')}\nToyBench\n{scores.format_table()}".strip()
         path = run.output_path("toybench.json")
         if path is not None:
-            path.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
             plot(scores, run.output_path("toybench.png"))
         run.log(0, {f"toybench/{k}": v for k, v in scores.to_dict()["overall"].items() if isinstance(v, float)})
 

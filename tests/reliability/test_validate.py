@@ -91,14 +91,15 @@ def test_deeply_nested_value_is_one_line(tmp_path, capsys):
 ])
 def test_validate_opens_the_prompt_script_and_image(case, expect, tmp_path, capsys):
     script = tmp_path / "script.toml"
-    good = '[[shot]]\nprompt = "a red circle"\nframes = 4\n'
+    good = '[[shot]]\nprompt = "a red circle moves left on a black background"\nframes = 4\n'
     table = {**BASE, "generate": {"prompt_script": "script.toml"}}
     if case == "non-UTF-8 script":
         script.write_bytes(good.encode() + b"# \xff\xfe\n")
     elif case == "script is a directory":
         script.mkdir()
     elif case == "two switches at one frame":
-        script.write_text(good + 'switches = [{at_frame = 2, prompt = "a"}, {at_frame = 2, prompt = "b"}]\n')
+        b = "a red circle moves up on a black background"
+        script.write_text(good + f'switches = [{{at_frame = 2, prompt = "{b}"}}, {{at_frame = 2, prompt = "{b}"}}]\n')
     elif case == "shots do not cover the video":
         script.write_text(good.replace("frames = 4", "frames = 2"))
     else:

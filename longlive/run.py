@@ -93,6 +93,11 @@ def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir:
         from longlive.inputs import check_generate_inputs
 
         check_generate_inputs(experiment)
+    if experiment.run.task in ("generate", "bench"):  # a window no storage can hold fails here, not at allocation
+        from longlive.memory import check_cache_fits
+
+        check_cache_fits(experiment, components.get("dit_preset", experiment.model.preset, where="model.preset").value,
+                         components.get("codec", experiment.model.codec, where="model.codec").value, device)
     if create_dir:
         run.run_dir = run_dir or _new_run_dir(experiment)
         run.run_dir.mkdir(parents=True, exist_ok=True)

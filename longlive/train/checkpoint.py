@@ -78,8 +78,9 @@ def save_checkpoint(state: dict, directory: str | os.PathLike, *, keep_previous:
             if not _disk_full(e):
                 raise
             free = shutil.disk_usage(directory).free / 2**20
-            raise LongLiveError(f"checkpoint: the disk of {directory} is full ({free:.0f} MiB free) while saving step "
-                                f"{state.get('step')}; {LAST} is unchanged; free space, then run again to resume") from e
+            raise LongLiveError(f"checkpoint: the disk of {directory} is full ({free:.0f} MiB free) while saving "
+                                f"step {state.get('step')}; {LAST} is unchanged; free space, then run again to "
+                                f"resume") from e
         if keep_previous and last.exists():
             os.replace(last, directory / PREVIOUS)
         os.replace(tmp, last)

@@ -29,9 +29,11 @@ class TrainConfig:
     dataset: str = "toy-shards"  # a "dataset" component
     data: str  # shard file or brace/glob pattern, relative to the experiment file
     eval_data: str | None = None  # prompts for evaluation come from its first sample (default: data)
-    num_frames: int = attrs.field(default=16, validator=in_range(1, MAX_FRAMES))  # per sample; multiple of frames_per_chunk
+    # Latent frames per sample; a multiple of sampler.frames_per_chunk.
+    num_frames: int = attrs.field(default=16, validator=in_range(1, MAX_FRAMES))
     steps: int = attrs.field(default=1000, validator=in_range(1, MAX_STEPS))  # optimizer steps
-    max_seconds: float | None = attrs.field(default=None, validator=optional(in_range(0.0, 1e9)))  # wall-clock budget: stop (save, evaluate, export) at the next log step
+    # Wall-clock budget: stop (save, evaluate, export) at the next log step.
+    max_seconds: float | None = attrs.field(default=None, validator=optional(in_range(0.0, 1e9)))
     batch_size: int = attrs.field(default=1, validator=in_range(1, MAX_COUNT))  # samples per rank per micro-step
     grad_accum: int = attrs.field(default=1, validator=in_range(1, MAX_COUNT))  # micro-steps per optimizer step
     lr: float = attrs.field(default=1e-5, validator=in_range(0.0, 1.0))
@@ -40,7 +42,8 @@ class TrainConfig:
     grad_clip: float = attrs.field(default=10.0, validator=in_range(0.0, 1e9))  # max grad norm; 0 = no clipping
     warmup_steps: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))  # linear LR warmup
     ema_decay: float = attrs.field(default=0.99, validator=in_range(0.0, 1.0))
-    ema_start: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))  # before this step the EMA copies the model
+    # Before this step the EMA copies the model.
+    ema_start: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))
     timestep_shift: float = attrs.field(default=5.0, validator=in_range(0.01, 100.0))
     time_weighting: str = attrs.field(default="gaussian", validator=one_of(TIME_WEIGHTINGS))
     # Corrupt samples skipped (each replaced by the next readable one) before the run stops.
@@ -53,9 +56,10 @@ class TrainConfig:
     save_every: int = attrs.field(default=500, validator=in_range(0, MAX_STEPS))  # 0: only the final checkpoint
     keep_previous: bool = True  # keep the checkpoint before `last` as `previous`
     eval_every: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))  # 0: no evaluation
-    eval_frames: int | None = attrs.field(default=None, validator=optional(in_range(1, MAX_FRAMES)))  # latent frames of the evaluation video (default: num_frames)
+    # Latent frames of the evaluation video (default: num_frames).
+    eval_frames: int | None = attrs.field(default=None, validator=optional(in_range(1, MAX_FRAMES)))
     init_from: str | None = None  # initial DiT weights (any format model.checkpoint_format reads)
-    # EMA weights written to the run directory at the end (a file name, not a path)
+    # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())
 
     def __attrs_post_init__(self) -> None:

@@ -238,8 +238,8 @@ class ShardClipDataset:
         ref = self.refs[index]
         video, meta = ref.read()
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-            raise CorruptSampleError(f"{self.where}: sample {ref.key!r} in {ref.shard}: video must be uint8 [T, H, W, 3]; "
-                              f"got {video.dtype} {video.shape}")
+            raise CorruptSampleError(f"{self.where}: sample {ref.key!r} in {ref.shard}: video must be uint8 "
+                                     f"[T, H, W, 3]; got {video.dtype} {video.shape}")
         if video.shape[0] < self.pixel_frames:
             raise ConfigError(f"{self.where}: sample {ref.key!r} in {ref.shard} has {video.shape[0]} frames but "
                               f"train.num_frames needs {self.pixel_frames}; lower train.num_frames or use longer clips")

@@ -246,8 +246,9 @@ class Trainer:
         return dumps_toml(experiment_to_table(self.run.experiment, self.run.plugin_configs, self.config))
 
     def state_dict(self, rng: list[dict]) -> dict:
-        return {"step": self.step, "experiment": self.experiment_toml(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict(), "data": self.stream.state_dict(), "rng": rng,
+        return {"step": self.step, "experiment": self.experiment_toml(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+                "data": self.stream.state_dict(), "rng": rng,
                 "mode": self.config.mode, "history": [list(h) for h in self.history],
                 "bad_samples": sorted(self.dataset.bad)}
 

@@ -92,8 +92,9 @@ def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed
     Each shard is written to a temporary name and renamed when complete, so a shard file that
     exists is always whole. `out_dir/manifest.json` lists the shards with their sample counts
     once all are written (longlive/train/manifest.py); training checks the shards against it, so
-    the shards of a writer killed midway are reported as unlisted. `workers` > 1 writes shards in that many processes; every clip comes
-    from its own seed, so the shards hold the same clips either way.
+    the shards of a writer killed midway are reported as unlisted. `workers` > 1 writes shards
+    in that many processes; every clip comes from its own seed, so the shards hold the same clips
+    either way.
     """
     from concurrent.futures import ProcessPoolExecutor
 

@@ -52,5 +52,6 @@ def test_corrupt_samples_are_skipped_counted_and_logged(toy_shards, tmp_path, ca
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "Traceback" not in err[0]
     err = err[0]
-    assert "the video is not a valid .npy array" in err and "train.max_bad_samples: 2 corrupt samples exceed the limit of 1" in err
+    assert "the video is not a valid .npy array" in err
+    assert "train.max_bad_samples: 2 corrupt samples exceed the limit of 1" in err
     assert Path(toy_shards).parent.name in err

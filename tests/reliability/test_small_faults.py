@@ -91,8 +91,8 @@ def test_grad_clip_nan_is_refused(tmp_path, capsys):
 
 def test_two_switches_at_one_frame_are_refused(tmp_path, capsys):
     a, b = "a red circle moves left on a black background", "a red circle moves up on a black background"
-    (tmp_path / "s.toml").write_text(f'[[shot]]\nprompt = "{a}"\nframes = 4\n'
-                                     f'switches = [{{at_frame = 2, prompt = "{b}"}}, {{at_frame = 2, prompt = "{a}"}}]\n')
+    switches = f'switches = [{{at_frame = 2, prompt = "{b}"}}, {{at_frame = 2, prompt = "{a}"}}]\n'
+    (tmp_path / "s.toml").write_text(f'[[shot]]\nprompt = "{a}"\nframes = 4\n' + switches)
     table = {**_with(BASE, "generate", prompt_script="s.toml"), "generate": {"prompt_script": "s.toml"}}
     assert cli("validate", write_experiment(tmp_path, table)) == 2
     (line,) = _error_lines(capsys)

@@ -78,7 +78,8 @@ def test_deeply_nested_value_is_one_line(tmp_path, capsys):
     exp.write_text(deep)
     assert cli("validate", exp) == 2
     assert "nested too deeply" in _one_error_line(capsys)
-    assert cli("validate", write_experiment(tmp_path, BASE, "ok.toml"), "--set", "run.plugins=" + "[" * 40 + "]" * 40) == 2
+    deep = "run.plugins=" + "[" * 40 + "]" * 40
+    assert cli("validate", write_experiment(tmp_path, BASE, "ok.toml"), "--set", deep) == 2
     assert "nested too deeply" in _one_error_line(capsys)
 
 
@@ -107,3 +108,12 @@ def test_validate_opens_the_prompt_script_and_image(case, expect, tmp_path, caps
         table = {**BASE, "generate": {**BASE["generate"], "image": "image.png"}}
     assert cli("validate", write_experiment(tmp_path, table)) == 2
     assert expect in _one_error_line(capsys)
+
+
+def test_a_cache_no_device_can_hold_is_refused(tmp_path, capsys):
+    """The estimated KV cache is checked against the device (here: host RAM) before any allocation."""
+    sampler = {**BASE["sampler"], "height": 8192, "width": 8192, "window_frames": 65536}
+    table = {**BASE, "sampler": sampler, "plugins": {**BASE["plugins"], "toyworld": {"size": 32, "score": False}}}
+    assert cli("validate", write_experiment(tmp_path, table)) == 2
+    line = _one_error_line(capsys)
+    assert "sampler.window_frames" in line and "GiB" in line and "cpu has" in line

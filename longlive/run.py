@@ -57,6 +57,7 @@ class RunContext:
     run_dir: Path | None = None
     monitor: Monitor = attrs.field(factory=lambda: Monitor(None))
     task_config: Any = None  # the structured table of the task ([train] for train), if any
+    allow_changed_resume: bool = False  # --allow-changed-resume: resume under an experiment that breaks exactness
 
     @property
     def hook(self) -> Any:
@@ -80,6 +81,8 @@ class RunContext:
 
     def output_path(self, name: str) -> Path | None:
         """Path of an output file inside the run directory (None when the run has none)."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"output_path: {name!r} is not a file name inside the run directory")
         return self.run_dir / name if self.run_dir is not None else None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -108,13 +111,31 @@ def check_experiment(experiment: Experiment) -> CheckedExperiment:
 
         checked.task_config = train_config(checked)
         checked.task_config.check(experiment.sampler.frames_per_chunk)
+    if experiment.generate is not None:  # open the prompt script and image now, so validate checks them too
+        from longlive.inputs import check_generate_inputs
+
+        check_generate_inputs(experiment)
+    if experiment.run.device == "cpu":  # host RAM is known without torch; a GPU's memory once torch runs
+        check_cache_size(checked, "cpu")
     return checked
+
+
+def check_cache_size(checked: CheckedExperiment, device: str) -> None:
+    """A KV window no storage could hold on `device` fails here, not at allocation (longlive/memory.py)."""
+    experiment = checked.experiment
+    if experiment.run.task in ("generate", "bench"):
+        from longlive.memory import check_cache_fits
+
+        preset = checked.components.get("dit_preset", experiment.model.preset, where="model.preset").value
+        codec = checked.components.get("codec", experiment.model.codec, where="model.codec").value
+        check_cache_fits(experiment, preset, codec, device)
 
 
 def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir: bool = True) -> RunContext:
     """Check the experiment, resolve device and dtype, set threads; create the run directory unless told not to."""
     checked = check_experiment(experiment)
     device = resolve_device(experiment.run.device, check_available=create_dir)
+    check_cache_size(checked, str(device))
     set_threads(experiment.run.threads, device)
     run = RunContext(experiment=experiment, pm=checked.pm, components=checked.components,
                      plugin_configs=checked.plugin_configs, device=device,
@@ -236,16 +257,20 @@ def _is_plain(value: Any) -> bool:
 
 
 def _new_run_dir(experiment: Experiment) -> Path:
-    base = Path(experiment.run.output_dir)
-    if not base.is_absolute() and experiment.source is not None and not base.exists():
-        base = Path.cwd() / base
+    """A fresh `<output_dir>/<name>/<timestamp>[-N]`, created here with an exclusive mkdir, so two
+    runs started at once never share one. output_dir is resolved once, against the working directory."""
+    base = Path(experiment.run.output_dir).expanduser().resolve() / experiment.run.name
+    base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = base / experiment.run.name / stamp
-    suffix = 1
-    while path.exists():
-        path = base / experiment.run.name / f"{stamp}-{suffix}"
-        suffix += 1
-    return path
+    for suffix in range(10_000):
+        path = base / (f"{stamp}-{suffix}" if suffix else stamp)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"run.output_dir: 10000 runs named {experiment.run.name!r} started this second in {base}; "
+                      f"pass --run-dir")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -129,8 +129,11 @@ def test_four_over_six_error_rules_mismatch_at_most_1e3(rule):
             mismatched += int((codes != t_codes).sum())
             scale_mismatched += int((scales != t_scales).sum())
             total += codes.numel()
-    # Differences are near-ties of the two candidates' errors: fouroversix sums FP32 terms in
-    # FP32 (torch.sum), we sum them exactly (FP64, fixed order); see longlive/quant/nvfp4.py.
+    # Differences are near-ties of the two candidates' errors: fouroversix sums the FP32 terms in
+    # FP32 (torch.sum), we sum them in FP64 (exact here). Measured on these cases (2026-12-05):
+    # mse 0 of 628,800 elements; mae 69 (1.1e-4) in 5 blocks, e.g. `integers` block (1, 3): exact
+    # errors 4.0000001192 (map to 6) vs 4.0 (map to 4), both 4.0 after FP32 rounding, so
+    # fouroversix keeps 6 (ties keep 6) where we keep the smaller, 4.
     assert mismatched / total <= 1e-3, (mismatched, total)
     assert scale_mismatched / (total / 16) <= 1e-3
 

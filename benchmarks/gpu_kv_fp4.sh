@@ -3,15 +3,14 @@
 # error against the BF16 cache, held-out ToyBench (32 clips) with BF16 / static_6 / mse caches,
 # and the 5B denoise loop with the NVFP4 cache. Results land in $OUT (docs/benchmarks.md).
 #   bash benchmarks/gpu_kv_fp4.sh
-# Wheels the GPU image lacks (webdataset, braceexpand) are installed from .whl/ when present.
+# The GPU image lacks a few wheels (benchmarks/README.md: webdataset, braceexpand, setuptools, and
+# fouroversix built here); they come from .whl/, then the repo is installed editable (entry points).
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/longlive_kv_fp4}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PWD:/tmp/site
-fi
+python3 -m pip install -q --no-index --no-deps .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"

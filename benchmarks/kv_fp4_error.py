@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,23 +58,23 @@ def generation_error(experiment: str, device: str, frames: int | None, relative_
     from longlive.assembly import build_parts, new_chunk_loop
     from longlive.config import load_experiment
     from longlive.pipeline import chunk_noise
-    from longlive.prompts import chunk_prompts, load_prompt_script, single_prompt
+    from longlive.prompts import chunk_prompts, load_prompt_script
     from longlive.run import make_run
+
+    one_shot = Path(tempfile.mkdtemp()) / "one_shot.toml"
+    one_shot.write_text('[[shot]]\nprompt = "a small red circle moves right steadily and bounces on a dark blue '
+                        f'background"\nframes = {frames or 0}\n')
 
     def run_with(plugins: list[str], tables: list[str]) -> tuple[list[torch.Tensor], float]:
         sets = [f'run.device="{device}"', f"run.plugins={json.dumps(plugins)}", *tables]
         if frames:
-            sets += [f"sampler.num_frames={frames}"]
+            sets += [f"sampler.num_frames={frames}", f'generate.prompt_script="{one_shot}"']
         exp = load_experiment(experiment, sets)
         run = make_run(exp, create_dir=False)
         parts = build_parts(run)
         loop = new_chunk_loop(run, model=parts.model, sampler=parts.sampler, text=parts.text, geometry=parts.geometry)
         s = exp.sampler
-        if frames:
-            script = single_prompt("a small red circle moves right steadily and bounces on a dark blue background",
-                                   frames)
-        else:
-            script = load_prompt_script(exp.generate.prompt_script)
+        script = load_prompt_script(exp.generate.prompt_script)
         shape = parts.geometry.latent_shape(s.frames_per_chunk, parts.latent_channels, 1)
         started, outs = time.perf_counter(), []
         with torch.inference_mode():

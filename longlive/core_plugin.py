@@ -47,6 +47,18 @@ class CorePlugin:
         registry.add("task", "bench", tasks.bench, summary="steady-state denoise-loop speed benchmark")
         registry.add("task", "train", tasks.train, summary="bidirectional / AR teacher-forcing training")
 
+    @hookimpl
+    def longlive_load_adapters(self, model, role, training, run) -> None:
+        from longlive.lora import adapters_for_role
+
+        adapters_for_role(model, role=role, training=training, run=run)
+
+    @hookimpl
+    def longlive_quantize_model(self, model, role, training, run) -> Any:
+        from longlive.quant.apply import quantize_for_role
+
+        return quantize_for_role(model, role=role, training=training, run=run)
+
     @hookimpl(trylast=True)
     def longlive_make_kv_storage(self, spec, run) -> Any:
         from longlive.cache import BF16Storage

@@ -63,11 +63,11 @@ def build_model(run: Any, role: str = "generator", *, training: bool = False,
         seeded_init(model, run.experiment.run.seed)
     model = model.eval().requires_grad_(False)
     if training:
-        run.hook.longlive_quantize_model(model=model, role=role, run=run)
-        run.hook.longlive_load_adapters(model=model, role=role, run=run)
+        run.hook.longlive_quantize_model(model=model, role=role, training=training, run=run)
+        run.hook.longlive_load_adapters(model=model, role=role, training=training, run=run)
     else:
-        run.hook.longlive_load_adapters(model=model, role=role, run=run)
-        run.hook.longlive_quantize_model(model=model, role=role, run=run)
+        run.hook.longlive_load_adapters(model=model, role=role, training=training, run=run)
+        run.hook.longlive_quantize_model(model=model, role=role, training=training, run=run)
     if cfg.compile:
         model.compile_blocks()
     log.info("DiT %s: %.2f M parameters, %s on %s, attention %s", preset.name,

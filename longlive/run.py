@@ -35,6 +35,7 @@ class RunContext:
     run_dir: Path | None = None
     monitor: Monitor = attrs.field(factory=lambda: Monitor(None))
     task_config: Any = None  # the structured table of the task ([train] for train), if any
+    quant: dict[str, dict] = attrs.field(factory=dict)  # per role: format, path that ran, modules converted
 
     @property
     def hook(self) -> Any:
@@ -102,6 +103,9 @@ def check_components(experiment: Experiment, components: ComponentRegistry) -> N
     codec = components.get("codec", experiment.model.codec, where="model.codec").value
     components.get("text_encoder", experiment.model.text_encoder, where="model.text_encoder")
     components.get("sampler", experiment.sampler.name, where="sampler.name")
+    for role in ("generator", "teacher", "critic"):
+        if getattr(experiment.quant, role) != "none":
+            components.get("quant_format", getattr(experiment.quant, role), where=f"quant.{role}")
     s = experiment.sampler
     Geometry(height=s.height, width=s.width, temporal_stride=codec.temporal_stride,
              spatial_stride=codec.spatial_stride, patch_h=preset.patch[1], patch_w=preset.patch[2],
@@ -126,6 +130,8 @@ def write_run_record(run: RunContext) -> None:
         "device": str(run.device) + (f" ({torch.cuda.get_device_name(run.device)})" if run.device.type == "cuda" else ""),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if run.quant:
+        versions["quant"] = run.quant
     _write_atomic(run.run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")
 
 
@@ -143,6 +149,8 @@ def run_task(run: RunContext) -> dict:
     if run.run_dir is not None:
         write_run_record(run)  # the task may have structured its own table meanwhile
         record = {k: v for k, v in result.items() if _is_plain(v)}
+        if run.quant:
+            record.setdefault("quant", run.quant)
         _write_atomic(run.run_dir / "result.json", json.dumps(record, indent=2) + "\n")
     return result
 

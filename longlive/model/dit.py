@@ -56,6 +56,12 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class WanDiT(nn.Module):
     """The causal-capable Wan2.2 DiT built from a DiTConfig; `attention` is a backend name or kernel."""
 
+    # Modules a quantization format leaves in high precision (longlive/quant/apply.py patterns):
+    # LongLive 2.0's list (utils/quant.py DEFAULT_GENERATOR_FILTERED_MODULES): the embeddings, the
+    # time projection, the head and every norm. What remains are the 10 linears of each block.
+    high_precision_modules = ("patch_embedding", "text_embedding", "time_embedding", "time_projection", "head",
+                              r"re:blocks\.\d+\..*norm.*")
+
     def __init__(self, config: DiTConfig, *, attention: str | AttentionKernel = "auto") -> None:
         super().__init__()
         self.config = config

@@ -74,18 +74,24 @@ def longlive_check_compat(run: RunContext) -> None:
 
 
 @hookspec
-def longlive_load_adapters(model: nn.Module, role: str, run: RunContext) -> None:
+def longlive_load_adapters(model: nn.Module, role: str, training: bool, run: RunContext) -> None:
     """Attach or merge adapters (LoRA) into `model` in place. `role`: generator|teacher|critic.
 
     Order relative to `longlive_quantize_model` is fixed by the core and explicit: for
-    inference adapters are merged first, then the model is quantized; for training the frozen
-    base is quantized first, then BF16 adapters are attached.
+    inference (`training` false) adapters are merged first, then the model is quantized; for
+    training the frozen base is quantized first, then BF16 adapters are attached. The core
+    implements `[model] lora` (longlive/lora.py) and `train.lora_rank`.
     """
 
 
 @hookspec
-def longlive_quantize_model(model: nn.Module, role: str, run: RunContext) -> None:
-    """Replace eligible modules of `model` by quantized ones, in place (see load_adapters)."""
+def longlive_quantize_model(model: nn.Module, role: str, training: bool, run: RunContext) -> Any:
+    """Replace eligible modules of `model` by quantized ones, in place (see load_adapters).
+
+    The core implements it: it applies the `quant_format` component `[quant]` names for `role`
+    (longlive/quant/apply.py) and records what ran in `run.quant[role]`; a format plugin only
+    registers its format. Returns the core's QuantReport (results are collected, not first-wins).
+    """
 
 
 # ---- KV cache: once per generation ------------------------------------------------------
@@ -175,6 +181,16 @@ def longlive_make_objective(run: RunContext) -> Any | None:
     sample; the objective re-seeds `generator` from them, so noise and timesteps do not depend on
     how a batch is split over ranks or accumulation steps). First result wins; the core's
     flow-matching loss (teacher forcing or bidirectional) is registered trylast.
+    """
+
+
+@hookspec
+def longlive_optimizer_step_done(model: nn.Module, step: int, run: RunContext) -> None:
+    """An optimizer step (1-based `step`) has updated `model`'s master weights.
+
+    Called by the trainer right after `optimizer.step()`, after the core has refreshed every
+    quantized module (`longlive.quant.format.refresh_model`). A plugin that derives data from
+    weights (quantized copies, statistics) rebuilds it here.
     """
 
 

@@ -52,6 +52,10 @@ class TrainConfig:
     eval_every: int = attrs.field(default=0, validator=at_least(0))  # 0: no evaluation
     eval_frames: int | None = None  # latent frames of the evaluation video (default: num_frames)
     init_from: str | None = None  # initial DiT weights (any format model.checkpoint_format reads)
+    # LoRA (LongLive 2.0: r128 / alpha128): 0 trains every weight; > 0 freezes the base (quantized
+    # first when [quant] names a format) and trains adapters only; checkpoints and export hold them only.
+    lora_rank: int = attrs.field(default=0, validator=at_least(0))
+    lora_alpha: float | None = None  # default: lora_rank (scale 1)
     export: str = "model.safetensors"  # EMA weights written to the run directory at the end
 
     def __attrs_post_init__(self) -> None:

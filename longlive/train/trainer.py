@@ -29,7 +29,7 @@ from torch import nn
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from longlive.errors import LongLiveError
 from longlive.lora import adapter_state_dict, has_adapters, load_adapters, save_adapters
-from longlive.quant.format import cast_model, refresh_model
+from longlive.quant.format import cast_model, forward_context, refresh_model
 from longlive.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from longlive.train.config import TrainConfig, resolve_path, train_config
 from longlive.train.data import BatchEncoder, DataStream
@@ -153,7 +153,7 @@ class Trainer:
             self._count_tokens(batch["latents"])
             defer_sync = self.ddp is not None and micro < cfg.grad_accum - 1
             with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(self.model):
                     loss, metrics = self.objective(self.entry, batch, self.generator)
                 (loss / cfg.grad_accum).backward()
             for key, value in metrics.items():

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from longlive.config import experiment_from_table
 from longlive.lora import LoRALinear
+from longlive.model.checkpoint import save_safetensors_atomic
 from longlive.model.convert import load_dit_weights
 from longlive.model.dit import WanDiT
 from longlive.model.presets import dit_preset
@@ -47,7 +48,12 @@ def test_nvfp4_fine_tune_loss_falls(tmp_path):
 
 def test_lora_over_a_frozen_nvfp4_base(tmp_path):
     data = write_toy_shards(tmp_path / "shards", num_clips=8, clips_per_shard=8, frames=8)
-    table = _nvfp4_table(data, steps=4, batch_size=2, lr=1e-2, lora_rank=4, lora_alpha=4.0, save_every=2)
+    torch.manual_seed(0)
+    start = WanDiT(dit_preset("debug"))  # Wan's init zeroes the head, which would give the adapters no gradient
+    save_safetensors_atomic({k: v + 0.05 * torch.randn_like(v) for k, v in start.state_dict().items()},
+                            tmp_path / "start.safetensors", metadata={"prediction": "velocity"})
+    table = _nvfp4_table(data, steps=4, batch_size=2, lr=1e-2, lora_rank=4, lora_alpha=4.0, save_every=2,
+                         init_from=str(tmp_path / "start.safetensors"))
     run = make_run(experiment_from_table(table), run_dir=tmp_path / "run")
     from longlive.train.trainer import Trainer
 

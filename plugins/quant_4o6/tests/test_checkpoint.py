@@ -75,3 +75,19 @@ def test_a_bf16_checkpoint_is_not_a_packed_one(tiny_model):
     assert not is_packed_state(tiny_model.state_dict())
     with pytest.raises(ConfigError, match="missing"):
         load_packed_checkpoint(quantized, tiny_model.state_dict())
+
+
+def test_format_packed_state_moves_between_modules():
+    fmt = FourOverSixFormat(Quant4o6Config())
+    torch.manual_seed(0)
+    a = fmt.convert(nn.Linear(64, 32), role="generator", training=False, path="emulate")
+    b = fmt.convert(nn.Linear(64, 32), role="generator", training=False, path="emulate")
+    b.bias = a.bias
+    fmt.load_packed(b, fmt.packed_state(a))
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+    trainable = fmt.convert(nn.Linear(64, 32), role="generator", training=True, path="emulate")
+    assert set(fmt.packed_state(trainable)) == set(fmt.packed_state(a))  # Q(W) of the master weight
+    with pytest.raises(ConfigError, match="modules converted for inference only"):
+        fmt.load_packed(trainable, fmt.packed_state(a))

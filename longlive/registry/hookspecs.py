@@ -46,7 +46,9 @@ def longlive_register_components(registry: ComponentRegistry) -> None:
     - "text_encoder": a factory `(run) -> encoder` with `encode(prompts) -> [B, L, D]`.
     - "sampler": a factory `(sampler_config) -> sampler` (longlive.sampling API).
     - "task": a function `(run) -> dict` run by `longlive run` when `run.task` names it.
-    - "metric", "dataset", "quant_format": factories documented by the plugins that use them.
+    - "quant_format": a `longlive.quant.format.QuantFormat` object (probe, convert, packed state,
+      cast, forward context, refresh); `[quant]` picks one per model role.
+    - "metric", "dataset": factories documented by the plugins that use them.
     A name already taken by another plugin is a PluginError naming both plugins.
     """
 

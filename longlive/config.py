@@ -11,6 +11,7 @@ command line (`--set model.checkpoint=...`) is relative to the directory the com
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class ModelConfig:
     text_encoder: str = "umt5-xxl"  # the text encoder component
     text_encoder_path: str | None = None  # HF directory, or Wan's models_t5_umt5-xxl-enc-bf16.pth
     tokenizer_path: str | None = None  # tokenizer directory (needed with Wan's .pth; else optional)
+    lora: str | None = None  # LoRA adapter file (ours or LongLive's `generator_lora`); merged before quantizing
 
 
 @attrs.frozen(kw_only=True)
@@ -123,6 +125,25 @@ class BenchConfig:
 
 
 @attrs.frozen(kw_only=True)
+class QuantConfig:
+    """[quant]: a quantization format per model role ("none" = high precision); longlive/quant/apply.py."""
+
+    generator: str = "none"  # a "quant_format" component, e.g. "fouroversix" (plugin quant_4o6)
+    teacher: str = "none"
+    critic: str = "none"
+    mode: str = attrs.field(default="auto", validator=one_of(("auto", "real", "emulate")))  # auto: real if it can run
+    skip: tuple[str, ...] = ()  # linears kept in high precision besides the model's own list: names or "re:<regex>"
+
+    def __attrs_post_init__(self) -> None:
+        for pattern in self.skip:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as e:
+                    raise ConfigError(f"quant.skip: {pattern!r} is not a valid regular expression ({e})") from None
+
+
+@attrs.frozen(kw_only=True)
 class Experiment:
     """A whole experiment file. `plugins` holds the raw `[plugins.<name>]` tables."""
 
@@ -131,6 +152,7 @@ class Experiment:
     sampler: SamplerConfig = SamplerConfig()
     generate: GenerateConfig | None = None
     bench: BenchConfig | None = None
+    quant: QuantConfig = QuantConfig()
     train: Any = None  # structured by longlive.train (TrainConfig) when the task is train
     plugins: dict[str, dict] = attrs.field(factory=dict)
     source: Path | None = None  # the file it came from (not part of the schema)
@@ -150,9 +172,9 @@ def resolve_path(value: str, key: str, source: Path | None, command_line_keys: f
     return (source.parent if from_file else Path.cwd()) / path
 
 
-_SECTIONS = ("run", "model", "sampler", "generate", "bench", "train", "plugins")
+_SECTIONS = ("run", "model", "sampler", "generate", "bench", "quant", "train", "plugins")
 _PATH_KEYS = (("model", "checkpoint"), ("model", "codec_checkpoint"), ("model", "text_encoder_path"),
-              ("model", "tokenizer_path"),
+              ("model", "tokenizer_path"), ("model", "lora"),
               ("generate", "prompt_script"), ("generate", "image"))
 
 
@@ -211,6 +233,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
     sampler = structure(table.get("sampler", {}), SamplerConfig, where="sampler")
     generate = structure(table["generate"], GenerateConfig, where="generate") if "generate" in table else None
     bench = structure(table["bench"], BenchConfig, where="bench") if "bench" in table else None
+    quant = structure(table.get("quant", {}), QuantConfig, where="quant")
     for name in plugins:
         if name not in run.plugins:
             raise ConfigError(f"plugins.{name}: a table is given but run.plugins does not list \"{name}\"; "
@@ -223,7 +246,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
         raise ConfigError("bench: missing table [bench] (task = \"bench\"); an empty [bench] takes the defaults")
     if run.task == "train" and "train" not in table:
         raise ConfigError("train: missing table [train] (task = \"train\")")
-    return Experiment(run=run, model=model, sampler=sampler, generate=generate, bench=bench,
+    return Experiment(run=run, model=model, sampler=sampler, generate=generate, bench=bench, quant=quant,
                       train=table.get("train"), plugins=dict(plugins), source=source,
                       command_line_keys=command_line_keys)
 
@@ -280,7 +303,8 @@ def apply_override(table: dict, item: str) -> str:
 
 def experiment_to_table(exp: Experiment, plugin_configs: dict[str, Any], train: Any = None) -> dict:
     """Every default filled in: the record of what ran."""
-    table = {"run": unstructure(exp.run), "model": unstructure(exp.model), "sampler": unstructure(exp.sampler)}
+    table = {"run": unstructure(exp.run), "model": unstructure(exp.model), "sampler": unstructure(exp.sampler),
+             "quant": unstructure(exp.quant)}
     for name in ("generate", "bench"):
         if getattr(exp, name) is not None:
             table[name] = unstructure(getattr(exp, name))

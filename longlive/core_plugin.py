@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from longlive.cache import CachePolicy, CacheSpec, KVStorage
     from longlive.components import ScopedRegistry
     from longlive.config import Experiment
+    from longlive.model.dit import WanDiT
+    from longlive.quant.apply import QuantReport
     from longlive.protocols import Codec, Decoder, Objective
     from longlive.run import RunContext
 
@@ -74,6 +76,18 @@ class CorePlugin:
 
         if experiment.model.text_encoder == "umt5-xxl" and experiment.model.text_encoder_path is None:
             raise ConfigError(UMT5_NEEDS_PATH)
+
+    @hookimpl
+    def longlive_load_adapters(self, model: WanDiT, role: str, training: bool, run: RunContext) -> None:
+        from longlive.lora import adapters_for_role
+
+        adapters_for_role(model, role=role, training=training, run=run)
+
+    @hookimpl
+    def longlive_quantize_model(self, model: WanDiT, role: str, training: bool, run: RunContext) -> QuantReport:
+        from longlive.quant.apply import quantize_for_role
+
+        return quantize_for_role(model, role=role, training=training, run=run)
 
     @hookimpl(trylast=True)
     def longlive_make_kv_storage(self, spec: CacheSpec) -> KVStorage:

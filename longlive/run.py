@@ -58,6 +58,7 @@ class RunContext:
     monitor: Monitor = attrs.field(factory=lambda: Monitor(None))
     task_config: Any = None  # the structured table of the task ([train] for train), if any
     allow_changed_resume: bool = False  # --allow-changed-resume: resume under an experiment that breaks exactness
+    quant: dict[str, dict] = attrs.field(factory=dict)  # per role: format, path that ran, modules converted
 
     @property
     def hook(self) -> Any:
@@ -197,6 +198,8 @@ def check_components(experiment: Experiment, components: ComponentRegistry) -> N
     named = [("task", exp.run.task, "run.task"), ("dit_preset", exp.model.preset, "model.preset"),
              ("codec", exp.model.codec, "model.codec"), ("text_encoder", exp.model.text_encoder, "model.text_encoder"),
              ("sampler", exp.sampler.name, "sampler.name")]
+    named += [("quant_format", getattr(exp.quant, role), f"quant.{role}") for role in ("generator", "teacher", "critic")
+              if getattr(exp.quant, role) != "none"]
     for kind, name, where in named:
         components.get(kind, name, where=where).check_requirements(where)
     preset = components.get("dit_preset", exp.model.preset, where="model.preset").value
@@ -225,6 +228,8 @@ def write_run_record(run: RunContext) -> None:
         "threads": torch.get_num_threads(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if run.quant:
+        versions["quant"] = run.quant
     _write_atomic(run.run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")
 
 
@@ -242,6 +247,8 @@ def run_task(run: RunContext) -> dict:
     if run.run_dir is not None:
         write_run_record(run)  # the task may have structured its own table meanwhile
         record = {k: v for k, v in result.items() if _is_plain(v)}
+        if run.quant:
+            record.setdefault("quant", run.quant)
         _write_atomic(run.run_dir / "result.json", json.dumps(record, indent=2) + "\n")
     return result
 

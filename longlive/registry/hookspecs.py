@@ -51,7 +51,8 @@ def longlive_register_components(registry: ScopedRegistry) -> None:
     - "task": a function `(run) -> dict` run by `longlive run` when `run.task` names it.
     - "dataset": a factory `(run, train_config) -> dataset` (longlive/train/data.py).
     - "metric": a callable `(video, schedule, fps) -> dict` (longlive/train/evaluate.py).
-    - "quant_format": documented by longlive/quant.
+    - "quant_format": a `longlive.quant.format.QuantFormat` object (probe, convert, packed state,
+      cast, forward context, refresh); `[quant]` picks one per model role.
     `requires`: {import name: what to pip install} for optional packages; validation checks them.
     Raises: PluginError when a name is already taken (the message names both plugins).
     """
@@ -102,11 +103,15 @@ def longlive_load_adapters(model: WanDiT, role: str, training: bool, run: RunCon
 
 
 @hookspec
-def longlive_quantize_model(model: WanDiT, role: str, training: bool, run: RunContext) -> None:
+def longlive_quantize_model(model: WanDiT, role: str, training: bool, run: RunContext) -> Any:
     """Replace eligible linears of `model` of `role` by quantized ones, in place.
 
-    When: after the weights load; `training` selects the order (see longlive_load_adapters). Modules listed by `model.KEEP_HIGH_PRECISION` stay as they are. Raises: ConfigError for a
-    format that cannot run here in `real` mode, or a shape the format cannot hold.
+    When: after the weights load; `training` selects the order (see longlive_load_adapters).
+    The core implements it: it applies the `quant_format` component `[quant]` names for `role`
+    (longlive/quant/apply.py), leaves `model.KEEP_HIGH_PRECISION` and `quant.skip` alone, and
+    records what ran in `run.quant[role]`; a format plugin only registers its format. Returns
+    the core's QuantReport (results are collected, not first-wins). Raises: ConfigError for a
+    format that cannot run here in `real` mode, or a dimension the format's blocks do not divide.
     """
 
 
@@ -221,6 +226,16 @@ def longlive_make_objective(run: RunContext) -> Objective | None:
 
     When: once, when the trainer is built. The core's default: the flow-matching loss (teacher
     forcing or bidirectional) of longlive/train/objective.py.
+    """
+
+
+@hookspec
+def longlive_optimizer_step_done(model: WanDiT, step: int, run: RunContext) -> None:
+    """An optimizer step (1-based `step`) has updated `model`'s master weights.
+
+    When: right after `optimizer.step()`, after the core has refreshed every quantized module
+    (`longlive.quant.format.refresh_model`). A plugin that derives data from weights (quantized
+    copies, statistics) rebuilds it here.
     """
 
 

@@ -62,6 +62,10 @@ class TrainConfig:
     # Latent frames of the evaluation video (default: num_frames).
     eval_frames: int | None = attrs.field(default=None, validator=optional(in_range(1, MAX_FRAMES)))
     init_from: str | None = None  # initial DiT weights (any format model.checkpoint_format reads)
+    # LoRA (LongLive 2.0: r128 / alpha128): 0 trains every weight; > 0 freezes the base (quantized
+    # first when [quant] names a format) and trains adapters only; checkpoints and export hold them only.
+    lora_rank: int = attrs.field(default=0, validator=in_range(0, 4096))
+    lora_alpha: float | None = None  # default: lora_rank (scale 1)
     # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from longlive.errors import ConfigError
+from longlive.quant.format import cast_model
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,13 @@ class EMA:
     def model_state(self, model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The model's full state dict with the averaged parameters in place of the live ones."""
         state = {k: self.shadow.get(k, v).detach() for k, v in model.state_dict().items()}
-        return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
+        return {k: v.to(dtype) if dtype is not None and _castable(v) else v for k, v in state.items()}
 
     def averaged_copy(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
         """A detached copy of `model` holding the averaged weights in `dtype`, in eval mode."""
         clone = copy.deepcopy(model)
         clone.load_state_dict(self.model_state(model))
-        return clone.to(dtype).eval().requires_grad_(False)
+        return cast_model(clone, dtype).eval().requires_grad_(False)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "start": self.start, "shadow": dict(self.shadow)}
@@ -56,3 +57,8 @@ class EMA:
                               f"resume with the same model.preset")
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)
+
+
+def _castable(t: torch.Tensor) -> bool:
+    """High-precision floats only: packed formats' 1-byte float scales (float8 E4M3) keep their dtype."""
+    return t.is_floating_point() and t.element_size() > 1

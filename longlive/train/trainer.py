@@ -33,6 +33,8 @@ from torch import nn
 from longlive.assembly import build_codec, build_model, build_text_encoder
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from longlive.errors import ConfigError, LongLiveError
+from longlive.lora import adapter_state_dict, has_adapters, load_adapters, save_adapters
+from longlive.quant.format import cast_model, forward_context, refresh_model
 from longlive.train.checkpoint import (load_checkpoint, nonfinite_tensors, remove_stale_temporaries, rng_state,
                                        save_checkpoint, set_rng_state)
 from longlive.train.config import TrainConfig, resolve_path, train_config
@@ -117,9 +119,10 @@ class Trainer:
     def _build_model(self) -> None:
         run, cfg = self.run, self.config
         init = str(resolve_path(cfg.init_from, run, "train.init_from")) if cfg.init_from is not None else None
-        model = build_model(run, role="generator", training=True, checkpoint=init, where="train.init_from",
-                            dtype=torch.float32).train()
-        if not any(p.requires_grad for p in model.parameters()):  # no adapter plugin: train everything
+        model = cast_model(build_model(run, role="generator", training=True, checkpoint=init, where="train.init_from",
+                                       dtype=torch.float32), torch.float32).train()
+        self.adapters = has_adapters(model)
+        if not any(p.requires_grad for p in model.parameters()):  # no adapters: train everything
             model.requires_grad_(True)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -157,7 +160,7 @@ class Trainer:
             self._count_tokens(batch["latents"])
             defer_sync = self.ddp is not None and micro < cfg.grad_accum - 1
             with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(self.model):
                     loss, metrics = self.objective(self.entry, batch, self.generator)
                 (loss / cfg.grad_accum).backward()
             for key, value in metrics.items():
@@ -168,6 +171,8 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.step()
         self.step += 1
+        refresh_model(self.model)  # quantized copies of the master weights are stale now
+        self.run.hook.longlive_optimizer_step_done(model=self.model, step=self.step, run=self.run)
         self.ema.update(self.model, self.step)
         return totals
 
@@ -246,7 +251,8 @@ class Trainer:
         return dumps_toml(experiment_to_table(self.run.experiment, self.run.plugin_configs, self.config))
 
     def state_dict(self, rng: list[dict]) -> dict:
-        return {"step": self.step, "experiment": self.experiment_toml(), "model": self.model.state_dict(),
+        model = adapter_state_dict(self.model) if self.adapters else self.model.state_dict()
+        return {"step": self.step, "experiment": self.experiment_toml(), "model": model,
                 "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
                 "data": self.stream.state_dict(), "rng": rng,
                 "mode": self.config.mode, "history": [list(h) for h in self.history],
@@ -283,7 +289,10 @@ class Trainer:
         from longlive.model.checkpoint import load_strict
 
         self.check_changes(state)
-        load_strict(self.model, state["model"], what=f"model of checkpoint in {self.checkpoints}")
+        if self.adapters:
+            load_adapters(self.model, state["model"], where=f"adapters of checkpoint in {self.checkpoints}")
+        else:
+            load_strict(self.model, state["model"], what=f"model of checkpoint in {self.checkpoints}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.stream.load_state_dict(state["data"])
@@ -335,7 +344,10 @@ class Trainer:
         export = self.run.output_path(self.config.export)
         if export is not None:
             self.check_finite()
-        if export is not None and self.info.is_main:
+        if export is not None and self.info.is_main and self.adapters:  # adapter-only, EMA weights
+            state = {k: v for k, v in self.ema.model_state(self.model).items() if k in adapter_state_dict(self.model)}
+            save_adapters(self.model, export, state=state, metadata={"step": str(self.step), "weights": "ema"})
+        elif export is not None and self.info.is_main:
             save_safetensors_atomic(self.ema.model_state(self.model, self.run.dtype), export,
                                     metadata={"preset": self.run.experiment.model.preset, "step": str(self.step),
                                               "weights": "ema", "prediction": self.model.config.prediction})

@@ -21,8 +21,9 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 class Mp4Encoder:
     """An H.264 mp4 written frame by frame: `write(uint8 [t, H, W, 3])` any number of times, then
     `close()`. With `fragmented` the file is a fragmented mp4 (an empty moov, then one fragment
-    per keyframe, flushed as it is made): a process killed mid-write leaves a playable file of the
-    fragments written so far. Keyframes come every `keyframe_s` seconds, so that is what is lost.
+    per keyframe, flushed as it is made, no encoder lookahead): a process killed mid-write leaves a
+    playable file of the fragments written so far. Keyframes come every `keyframe_s` seconds, so that is
+    about what is lost.
     """
 
     def __init__(self, path: str | Path, fps: float, *, width: int, height: int, crf: int = 18,
@@ -38,8 +39,9 @@ class Mp4Encoder:
             self._stream.width, self._stream.height = width + width % 2, height + height % 2  # yuv420p: even sizes
             self._stream.pix_fmt = "yuv420p"
             codec_options = {"crf": str(crf)}
-            if fragmented:  # a fragment ends at a keyframe: x264's default (every 250 frames) loses too much
-                codec_options["g"] = str(max(1, round(keyframe_s * fps)))
+            if fragmented:  # a fragment ends at a keyframe: x264's default (every 250 frames) loses too much,
+                # and its lookahead would hold ~50 frames back from the file; zerolatency emits each frame at once
+                codec_options.update(g=str(max(1, round(keyframe_s * fps))), tune="zerolatency")
             self._stream.options = codec_options
         except BaseException:
             self._container.close()

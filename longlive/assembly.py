@@ -222,12 +222,12 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
             for chunk in chunks:
                 noise = chunk_noise(shape, chunk.index, run.experiment.run.seed, run.device, run.dtype)
                 x0 = loop.step(chunk, noise)
-                decoder.push(chunk.index, x0)
                 used.append(loop.used_prompt(chunk))
-                if on_latents is not None:
+                if on_latents is not None:  # before the decode: a failing decode still leaves the latents
                     on_latents(x0)
                 if keep_latents:
                     latents.append(x0)
+                decoder.push(chunk.index, x0)
                 deliver(decoder.ready())
             deliver(decoder.flush())
     finally:

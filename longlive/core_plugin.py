@@ -88,7 +88,7 @@ class CorePlugin:
         return SlidingWindowPolicy(num_slots=spec.num_slots, frames_per_chunk=spec.frames_per_chunk)
 
     @hookimpl(trylast=True)
-    def longlive_make_decoder(self, codec: Codec) -> Decoder:  # the sync decoder runs where the codec is
+    def longlive_make_decoder(self, codec: Codec) -> Decoder:
         from longlive.decode import SyncDecoder
 
         return SyncDecoder(codec)

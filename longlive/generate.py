@@ -98,7 +98,12 @@ class GenerateOutputs:
         return [str(p) for p in self.video.finish()] if self.video is not None else []
 
     def abort(self) -> list[Path]:
-        """After a failure: close the videos under their partial names; the written latent parts stay."""
+        """After a failure: write the pending latents, close the videos under their partial names."""
+        if self.latents is not None:
+            try:
+                self.latents.flush()
+            except Exception:  # the run's own error is the one to report
+                log.warning("could not write the pending latents after the failure", exc_info=True)
         return self.video.abort() if self.video is not None else []
 
 

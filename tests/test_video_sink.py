@@ -84,7 +84,7 @@ def _one_shot(tmp_path, frames: int) -> list[str]:
 
 def test_a_decoder_error_keeps_the_frames_decoded_before_it(tmp_path, monkeypatch, capsys):
     """The core's synchronous decoder fails on chunk 2: exit 1, chunks 0-1 (5 + 8 frames) are in
-    the partial file, latents of the finished parts are kept, nothing is under a final name."""
+    the partial file, the latents made so far are kept, nothing is under a final name."""
     from longlive.model.vae import WanVAE
 
     original, calls = WanVAE.decode_chunk, []
@@ -96,13 +96,12 @@ def test_a_decoder_error_keeps_the_frames_decoded_before_it(tmp_path, monkeypatc
         return original(self, state, latents)
 
     monkeypatch.setattr(WanVAE, "decode_chunk", fail_on_chunk_2)
-    code = main(["run", str(EXPERIMENT), "--set", "generate.save_latents=true", "--set",
-                 "generate.latent_chunks_per_file=1", "--run-dir", str(tmp_path)])
+    code = main(["run", str(EXPERIMENT), "--set", "generate.save_latents=true", "--run-dir", str(tmp_path)])
     assert code == 1 and "injected decoder failure" in capsys.readouterr().err
     assert not (tmp_path / "video.mp4").exists() and not (tmp_path / "result.json").exists()
     assert read_video(tmp_path / "video.partial.mp4")[0].shape[0] == 5 + 8
     assert "the partial video (13 frames) is kept at" in (tmp_path / "log.txt").read_text()
-    assert read_latents(tmp_path / "latents").shape[2] == 4  # chunks 0 and 1 (the part of chunk 2 comes after the decode)
+    assert read_latents(tmp_path / "latents").shape[2] == 6  # chunks 0-2: latents are saved before the decode
 
 
 def test_a_killed_run_leaves_a_playable_partial_file(tmp_path):

@@ -49,17 +49,19 @@ ROLES = ("generator", "teacher", "critic")
 
 
 def build_model(run: RunContext, role: str = "generator", *, training: bool = False,
-                checkpoint: str | None = None, dtype: torch.dtype | None = None) -> WanDiT:
+                checkpoint: str | None = None, where: str = "model.checkpoint",
+                dtype: torch.dtype | None = None) -> WanDiT:
     """The DiT of `role` through every build phase (module docstring). All parameters come back
     frozen; an adapter plugin unfreezes what it adds. `checkpoint` overrides model.checkpoint
-    (training starts from train.init_from); `dtype` overrides run.dtype (training keeps FP32 masters)."""
+    (training starts from train.init_from; `where` names the key in errors); `dtype` overrides
+    run.dtype (training keeps FP32 masters)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     checkpoint = checkpoint or run.experiment.model.checkpoint
     dtype = dtype or run.dtype
     model = construct_on_meta(run)
     convert_for_checkpoint(run, model, role, checkpoint)
-    place_and_load(run, model, checkpoint, device=run.device, dtype=dtype, training=training)
+    place_and_load(run, model, checkpoint, device=run.device, dtype=dtype, training=training, where=where)
     model.eval().requires_grad_(False)
     adapt_and_quantize(run, model, role, training=training)
     parallelize(run, model, role)
@@ -82,14 +84,14 @@ def convert_for_checkpoint(run: RunContext, model: WanDiT, role: str, checkpoint
 
 
 def place_and_load(run: RunContext, model: WanDiT, checkpoint: str | None, *, device: torch.device,
-                   dtype: torch.dtype, training: bool) -> None:
+                   dtype: torch.dtype, training: bool, where: str = "model.checkpoint") -> None:
     """Allocate the meta model on `device` in `dtype` and fill it: checkpoint, Wan init or random."""
     from longlive.model.convert import load_dit_weights
 
     model.to(dtype=dtype)  # on meta: no memory
     model.to_empty(device=device)
     if checkpoint is not None:
-        load_dit_weights(model, checkpoint, format=run.experiment.model.checkpoint_format)
+        load_dit_weights(model, checkpoint, format=run.experiment.model.checkpoint_format, where=where)
     elif training:  # training from scratch: Wan's initialisation (zero head), seeded by run.seed
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(run.experiment.run.seed)

@@ -20,13 +20,17 @@ Protocol, per chunk i (`KVCache`):
    the *visible slots* (what its queries attend to, working slot included) and the temporal
    RoPE position of its first frame. Nothing changes yet.
 2. Every forward of chunk i (each denoising step, then the clean t=0 pass) calls, per layer,
-   `kv.attend_kv(layer, k, v)`: it writes this forward's K/V into the working slot and returns
-   the visible K/V. The working slot is a *scratch slot* until commit: it is either empty or
-   holds the chunk that chunk i's arrival evicts, which no plan from chunk i on can see. So
-   any number of forwards of chunk i (at any timestep) change nothing that any later plan
-   reads; only the last one's K/V survive.
-3. `cache.commit(kv)`: the working slot now holds chunk i (the contents written by the last
-   forward, normally the clean t=0 pass); later plans see it.
+   `kv.attend_kv(layer, k, v)`, which hands this forward's K/V to the storage (`attend`) and gets
+   the visible K/V back. The denoising forwards' ChunkKV has `keep=False`; the clean pass's
+   (`cache.context(kv)`) and re-cache passes have `keep=True`: their K/V are the ones the cache
+   keeps. The BF16 storage simply writes every forward's K/V into the working slot and returns a
+   view of the visible slots; the working slot is a *scratch slot* until commit (empty, or
+   holding the chunk that chunk i's arrival evicts, which no plan from chunk i on can see), so
+   only the last forward's K/V survive. A quantized storage writes only the kept K/V (each chunk
+   quantized once, layer by layer, as the clean pass computes them) and attends the chunk's own
+   queries to its BF16 K/V, never to a dequantized copy of them.
+3. `cache.commit(kv)`: the working slot now holds chunk i; later plans see it. The storage hears
+   `begin(plan)`, `commit(plan)` and `reset()` too.
 
 Two optional plan fields serve policies beyond the plain window (the attn_sink plugin):
 - KV-cache-relative RoPE (`ChunkPlan.slot_rope_frames`): a plan may give every visible slot the
@@ -105,7 +109,26 @@ class CacheSpec:
 
 @runtime_checkable
 class KVStorage(Protocol):
-    """Where cached K/V live. k, v are [B, chunk_tokens, H, D] (roped keys)."""
+    """Where cached K/V live. k, v are [B, chunk_tokens, H, D] (roped keys).
+
+    The lifecycle (module docstring): `begin(plan)` when a chunk starts, `attend(...)` from every
+    forward of it, `commit(plan)` when its working slot becomes visible, `reset()` for a new video.
+    `write`/`read` give direct access to one slot (turning keys for relative RoPE, tests).
+    """
+
+    def attend(self, layer: int, plan: ChunkPlan, k: torch.Tensor, v: torch.Tensor, *,
+               keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """This forward's k, v of `layer` in, the visible K, V [B, n*T, H, D] out (the chunk's own
+        included; order irrelevant). `keep`: these K/V are the chunk's to hold (clean or re-cache pass)."""
+
+    def begin(self, plan: ChunkPlan) -> None:
+        """Chunk `plan.chunk_index` starts (before its first forward)."""
+
+    def commit(self, plan: ChunkPlan) -> None:
+        """The working slot of `plan` now holds its chunk for later chunks."""
+
+    def reset(self) -> None:
+        """A new video: no slot holds a chunk."""
 
     def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one chunk's K/V of `layer` into `slot`, in place."""
@@ -133,6 +156,21 @@ class BF16Storage:
     def _span(self, slot: int) -> slice:
         t = self.spec.chunk_tokens
         return slice(slot * t, (slot + 1) * t)
+
+    def attend(self, layer: int, plan: ChunkPlan, k: torch.Tensor, v: torch.Tensor, *,
+               keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write every forward's K/V into the working (scratch) slot, read the visible slots as a view."""
+        self.write(layer, plan.working_slot, k, v)
+        return self.read(layer, plan.visible_slots)
+
+    def begin(self, plan: ChunkPlan) -> None:
+        pass
+
+    def commit(self, plan: ChunkPlan) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
 
     def write(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         expected = (self.spec.batch, self.spec.chunk_tokens, self.spec.num_heads, self.spec.head_dim)
@@ -237,9 +275,10 @@ class SlidingWindowPolicy:
 class ChunkKV:
     """The cache as one chunk's forwards see it: see the module docstring, step 2."""
 
-    def __init__(self, cache: KVCache, plan: ChunkPlan) -> None:
+    def __init__(self, cache: KVCache, plan: ChunkPlan, *, keep: bool = False) -> None:
         self.cache = cache
         self.plan = plan
+        self.keep = keep  # this view's forwards produce the K/V the cache keeps (clean or re-cache pass)
 
     @property
     def rope_start_frame(self) -> int:
@@ -247,16 +286,14 @@ class ChunkKV:
 
     @torch.compiler.disable
     def attend_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this chunk's roped k, v [B, T, H, D] into the working slot; return the visible K, V.
+        """Hand this chunk's roped k, v [B, T, H, D] to the storage; return the visible K, V.
 
         Excluded from torch.compile on purpose: the layer index and slot plan are Python ints that
         would specialise (and recompile) a compiled block per layer and per chunk, and in-place
         writes into a cache-sized graph input risk a functionalised copy of the whole buffer.
         Storages may run their own kernels here (NVFP4 quantize-on-write).
         """
-        storage = self.cache.storage
-        storage.write(layer, self.plan.working_slot, k, v)
-        return storage.read(layer, self.plan.visible_slots)
+        return self.cache.storage.attend(layer, self.plan, k, v, keep=self.keep)
 
 
 class KVCache:
@@ -275,16 +312,18 @@ class KVCache:
         plan = self.policy.plan(chunk_index)
         assert plan.working_slot in plan.visible_slots, plan
         self._reposition(plan)
+        self.storage.begin(plan)
         return ChunkKV(self, plan)
 
     def context(self, chunk_kv: ChunkKV) -> ChunkKV:
-        """The ChunkKV of the chunk's clean t=0 pass: the same one unless the plan narrows it."""
+        """The ChunkKV of the chunk's clean t=0 pass (its K/V are kept): the plan's visible slots,
+        or the narrower `context_slots`."""
         plan = chunk_kv.plan
         if plan.context_slots is None:
-            return chunk_kv
+            return ChunkKV(self, plan, keep=True)
         assert plan.working_slot in plan.context_slots and set(plan.context_slots) <= set(plan.visible_slots), plan
         return ChunkKV(self, attrs.evolve(plan, visible_slots=plan.context_slots, context_slots=None,
-                                          slot_rope_frames=None))  # keys were placed by begin()
+                                          slot_rope_frames=None), keep=True)  # keys were placed by begin()
 
     def recache(self, plan: ChunkPlan) -> ChunkKV:
         """A ChunkKV whose forwards re-write the slot of the already committed chunk `plan.chunk_index`.
@@ -296,18 +335,20 @@ class KVCache:
         assert plan.working_slot in plan.visible_slots, plan
         self._reposition(plan)
         self.slot_frames[plan.working_slot] = plan.rope_start_frame
-        return ChunkKV(self, plan)
+        return ChunkKV(self, plan, keep=True)
 
     def commit(self, chunk_kv: ChunkKV) -> None:
         """Make the chunk's working slot (as its last forward left it) visible to later chunks."""
         if chunk_kv.cache is not self:
             raise LongLiveError("KVCache.commit: this ChunkKV was begun on another cache")
         self.policy.commit(chunk_kv.plan)
+        self.storage.commit(chunk_kv.plan)
         self.slot_frames[chunk_kv.plan.working_slot] = chunk_kv.plan.rope_start_frame
 
     def reset(self) -> None:
         """Start a new video: forget all chunks (the buffers are kept and overwritten)."""
         self.policy.reset()
+        self.storage.reset()
         self.slot_frames = [None] * self.spec.num_slots
 
     def _reposition(self, plan: ChunkPlan) -> None:

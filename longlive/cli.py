@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one value (TOML syntax; repeatable), e.g. --set sampler.num_frames=256")
     run.add_argument("--run-dir", type=Path, default=None, help="write outputs here instead of a new timestamped folder")
+    run.add_argument("--allow-changed-resume", action="store_true",
+                     help="resume a checkpoint although the experiment changed in a way that breaks exact resume "
+                          "(both experiments are kept in the run directory)")
 
     val = sub.add_parser("validate", help="check experiment files without running them",
                          description="Load each experiment, build its plugins and check every table and path.")
@@ -75,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("failure", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    except Exception as e:  # a bug or a library failure: keep the traceback in the log file
-        log.error("run failed", exc_info=True)
-        print(f"error: {type(e).__name__}: {e} (traceback in the run's log.txt)", file=sys.stderr)
+    except Exception as e:  # a bug or a library failure: the traceback goes to the log file (or -v console)
+        log.debug("failure", exc_info=True)
+        log_file = _log_file()
+        where = f"traceback in {log_file}" if log_file else "rerun with -v for the traceback"
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"error: {type(e).__name__}: {first} ({where})", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -89,6 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.run_dir is None:
         raise ConfigError("--run-dir: under torchrun every rank must write to one run directory; pass --run-dir DIR")
     run = make_run(experiment, run_dir=args.run_dir)
+    run.allow_changed_resume = args.allow_changed_resume
     _add_file_log(run.run_dir / "log.txt")
     log.info("run %s (task %s) -> %s", experiment.run.name, experiment.run.task, run.run_dir)
     result = run_task(run)
@@ -149,6 +156,14 @@ def _configure_console_logging(level: int) -> None:
     root.addHandler(console)
     for noisy in ("PIL", "matplotlib", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_file() -> str | None:
+    """The path of this process's run log, if one is open."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "longlive-file" and isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
 
 
 def _add_file_log(path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from longlive.errors import ConfigError
-from longlive.structure import at_least, in_range, one_of, structure, unstructure
+from longlive.structure import file_name, in_range, one_of, relative_folder, structure, unstructure
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +26,16 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DTYPES = ("auto", "bf16", "fp32")
+
+# Upper bounds of numeric fields: large enough for any real run, small enough that a typo
+# (10**12) is an error here instead of a hang or an allocation failure later.
+MAX_SEED = 2**32 - 1  # numpy and torch seeds; seed + rank + offsets stay far from int64 overflow
+MAX_PIXELS = 8192  # frame height or width
+MAX_FRAMES = 65536  # latent frames of a video, a sample or a window (~3 hours at 24 fps, stride 4)
+MAX_CHUNKS = 100_000  # chunks a benchmark runs
+MAX_STEPS = 10**9  # optimizer steps, step intervals
+MAX_COUNT = 10**7  # clips, batch sizes, accumulation steps
+MAX_DEPTH = 16  # nesting of tables and arrays in an experiment file
 ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flex")
 CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
 
@@ -34,14 +44,16 @@ CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
 class RunConfig:
     """[run]: what to run and where its outputs go."""
 
-    name: str
+    name: str = attrs.field(validator=file_name())  # a plain name: the run folder is <output_dir>/<name>/
     task: str = "generate"  # generate | train | bench | a task a plugin registers
-    seed: int = attrs.field(default=0, validator=at_least(0))
+    seed: int = attrs.field(default=0, validator=in_range(0, MAX_SEED))
     plugins: tuple[str, ...] = ()
-    output_dir: str = "runs"  # the run writes to <output_dir>/<name>/<timestamp>/
+    # The run writes to <output_dir>/<name>/<timestamp>/: relative to the working directory
+    # (without ..), or an absolute path.
+    output_dir: str = attrs.field(default="runs", validator=relative_folder())
     device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     dtype: str = attrs.field(default="auto", validator=one_of(DTYPES))  # auto: bf16 on cuda, fp32 on cpu
-    threads: int = attrs.field(default=0, validator=in_range(0, 1024))  # torch CPU threads; 0 = auto (see run.py)
+    threads: int = attrs.field(default=0, validator=in_range(0, 1024))  # torch CPU threads; 0 = auto: free cores
 
 
 @attrs.frozen(kw_only=True)
@@ -69,11 +81,11 @@ class SamplerConfig:
     shift: float = attrs.field(default=5.0, validator=in_range(0.01, 100.0))
     guidance: float = attrs.field(default=1.0, validator=in_range(0.0, 50.0))  # 1.0 = no CFG
     negative_prompt: str = ""
-    height: int = attrs.field(default=704, validator=at_least(1))  # pixels
-    width: int = attrs.field(default=1280, validator=at_least(1))  # pixels
-    num_frames: int = attrs.field(default=128, validator=at_least(1))
-    frames_per_chunk: int = attrs.field(default=8, validator=at_least(1))
-    window_frames: int = attrs.field(default=32, validator=at_least(1))  # includes the chunk being denoised
+    height: int = attrs.field(default=704, validator=in_range(1, MAX_PIXELS))  # pixels
+    width: int = attrs.field(default=1280, validator=in_range(1, MAX_PIXELS))  # pixels
+    num_frames: int = attrs.field(default=128, validator=in_range(1, MAX_FRAMES))
+    frames_per_chunk: int = attrs.field(default=8, validator=in_range(1, MAX_FRAMES))
+    window_frames: int = attrs.field(default=32, validator=in_range(1, MAX_FRAMES))  # includes the chunk being denoised
 
     def __attrs_post_init__(self) -> None:
         fpc = self.frames_per_chunk
@@ -92,7 +104,7 @@ class GenerateConfig:
     prompt_script: str | None = None  # a prompt script file (docs/prompt_scripts.md)
     image: str | None = None  # I2V: the first frame
     save_latents: bool = False  # parts under latents/ (longlive/latent_sink.py)
-    latent_chunks_per_file: int = attrs.field(default=16, validator=at_least(1))  # chunks per latents/ part
+    latent_chunks_per_file: int = attrs.field(default=16, validator=in_range(1, MAX_COUNT))  # chunks per latents/ part
     fps: float = attrs.field(default=24.0, validator=in_range(1.0, 240.0))
     batch: int = attrs.field(default=1, validator=in_range(1, 64))
 
@@ -105,10 +117,10 @@ class GenerateConfig:
 class BenchConfig:
     """[bench]: the steady-state speed benchmark (docs/benchmarks.md defines every metric)."""
 
-    warmup_chunks: int = attrs.field(default=5, validator=at_least(0))  # excluded; >= window chunks
-    measure_chunks: int = attrs.field(default=8, validator=at_least(1))
-    profile_chunks: int = attrs.field(default=1, validator=at_least(0))  # profiled for the time split
-    vae_chunks: int = attrs.field(default=4, validator=at_least(0))  # streaming-decode FPS
+    warmup_chunks: int = attrs.field(default=5, validator=in_range(0, MAX_CHUNKS))  # excluded; >= window chunks
+    measure_chunks: int = attrs.field(default=8, validator=in_range(1, MAX_CHUNKS))
+    profile_chunks: int = attrs.field(default=1, validator=in_range(0, MAX_CHUNKS))  # profiled for the time split
+    vae_chunks: int = attrs.field(default=4, validator=in_range(0, MAX_CHUNKS))  # streaming-decode FPS
 
 
 @attrs.frozen(kw_only=True)
@@ -127,11 +139,16 @@ class Experiment:
 
     def path(self, value: str, key: str) -> Path:
         """Resolve a path value of `key` (dotted, e.g. "train.data" or "plugins.toyworld.data_dir")."""
-        path = Path(value).expanduser()
-        if path.is_absolute():
-            return path
-        from_file = key not in self.command_line_keys and self.source is not None
-        return (self.source.parent if from_file else Path.cwd()) / path
+        return resolve_path(value, key, self.source, self.command_line_keys)
+
+
+def resolve_path(value: str, key: str, source: Path | None, command_line_keys: frozenset[str]) -> Path:
+    """The path rule (module docstring): file-relative unless `key` was given on the command line."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    from_file = key not in command_line_keys and source is not None
+    return (source.parent if from_file else Path.cwd()) / path
 
 
 _SECTIONS = ("run", "model", "sampler", "generate", "bench", "train", "plugins")
@@ -145,14 +162,34 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    table = read_toml(path, where=str(path))
+    keys = frozenset(apply_override(table, item) for item in overrides)
+    return experiment_from_table(table, source=path, command_line_keys=keys)
+
+
+def read_toml(path: Path, *, where: str) -> dict:
+    """A TOML file as a table, nested at most MAX_DEPTH deep; every failure is one ConfigError line."""
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    keys = frozenset(apply_override(table, item) for item in overrides)
-    return experiment_from_table(table, source=path, command_line_keys=keys)
+        raise ConfigError(f"{where}: not a UTF-8 text file ({e.reason})") from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise ConfigError(f"{where}: tables or arrays nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot be read ({e.strerror or e})") from None
+    check_depth(table, where=where)
+    return table
+
+
+def check_depth(value: Any, *, where: str, depth: int = 0) -> None:
+    """Tables and arrays nest at most MAX_DEPTH levels (deeper input is an error, not a stack overflow)."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: tables or arrays nested too deeply (at most {MAX_DEPTH} levels)")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        check_depth(child, where=where, depth=depth + 1)
 
 
 def experiment_from_table(table: dict, *, source: Path | None = None,
@@ -195,12 +232,11 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
 def _resolve_paths(table: dict, source: Path | None, command_line_keys: frozenset[str]) -> dict:
     """Make the core's path keys absolute (see the module docstring) and check that they exist."""
     table = {k: (dict(v) if isinstance(v, dict) else v) for k, v in table.items()}
-    locator = Experiment(run=RunConfig(name="-"), source=source, command_line_keys=command_line_keys)
     for section, key in _PATH_KEYS:
         value = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
         if isinstance(value, str):
             dotted = f"{section}.{key}"
-            resolved = locator.path(value, dotted)
+            resolved = resolve_path(value, dotted, source, command_line_keys)
             if not resolved.exists():
                 relative_to = "the current directory (given with --set)" if dotted in command_line_keys or \
                     source is None else f"the experiment file's folder {source.parent}"
@@ -221,6 +257,9 @@ def apply_override(table: dict, item: str) -> str:
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set sampler.num_frames=256")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        check_depth(value, where=f"--set {key}")
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except tomllib.TOMLDecodeError:
         bare = raw.strip()
         if not bare or any(c in bare for c in "[]{}\"'=,"):

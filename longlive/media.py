@@ -111,7 +111,7 @@ def read_image(path: str | Path, *, height: int, width: int) -> torch.Tensor:
     try:
         with av.open(str(path)) as container:
             frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, StopIteration) as e:
+    except (av.error.FFmpegError, StopIteration, OSError) as e:
         raise ConfigError(f"generate.image: {str(path)!r} is not a readable image ({e})") from None
     if frame.shape[:2] != (height, width):
         raise ConfigError(f"generate.image: {Path(path).name} is {frame.shape[1]}x{frame.shape[0]} (WxH) but the video "

@@ -16,32 +16,27 @@ strings parsed out of prompts.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import attrs
 
 from longlive.errors import ConfigError
-from longlive.structure import at_least, structure
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from longlive.config import MAX_FRAMES, read_toml
+from longlive.structure import in_range, structure
 
 
 @attrs.frozen(kw_only=True)
 class Switch:
     """A prompt change inside a shot, `at_frame` latent frames after the shot starts."""
 
-    at_frame: int = attrs.field(validator=at_least(1))
+    at_frame: int = attrs.field(validator=in_range(1, MAX_FRAMES))
     prompt: str
 
 
 @attrs.frozen(kw_only=True)
 class Shot:
     prompt: str
-    frames: int = attrs.field(validator=at_least(1))  # latent frames
+    frames: int = attrs.field(validator=in_range(1, MAX_FRAMES))  # latent frames
     switches: tuple[Switch, ...] = ()
 
 
@@ -68,12 +63,11 @@ class ChunkPrompt:
 def load_prompt_script(path: str | Path) -> PromptScript:
     path = Path(path)
     where = f"prompt script {path.name}"
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"generate.prompt_script: {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    if not path.exists():
+        raise ConfigError(f"generate.prompt_script: {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"generate.prompt_script: {str(path)!r} is not a regular file")
+    table = read_toml(path, where=where)
     if not table.get("shot"):
         raise ConfigError(f"{where}: no shots; write at least one [[shot]] with prompt and frames")
     return structure(table, PromptScript, where=where)
@@ -99,6 +93,9 @@ def chunk_prompts(script: PromptScript, *, num_frames: int, frames_per_chunk: in
             if sw.at_frame % frames_per_chunk or sw.at_frame >= shot.frames:
                 raise ConfigError(f"{where}: shot {shot_index} switch at_frame = {sw.at_frame} must be a multiple of "
                                   f"{frames_per_chunk} inside the shot (< {shot.frames})")
+            if sw.at_frame // frames_per_chunk in switches:
+                raise ConfigError(f"{where}: shot {shot_index} has two switches at_frame = {sw.at_frame}; "
+                                  f"keep one (a chunk has one prompt)")
             switches[sw.at_frame // frames_per_chunk] = sw.prompt
         prompt = shot.prompt
         for local in range(shot.frames // frames_per_chunk):

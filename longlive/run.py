@@ -57,6 +57,7 @@ class RunContext:
     run_dir: Path | None = None
     monitor: Monitor = attrs.field(factory=lambda: Monitor(None))
     task_config: Any = None  # the structured table of the task ([train] for train), if any
+    allow_changed_resume: bool = False  # --allow-changed-resume: resume under an experiment that breaks exactness
 
     @property
     def hook(self) -> Any:
@@ -80,6 +81,8 @@ class RunContext:
 
     def output_path(self, name: str) -> Path | None:
         """Path of an output file inside the run directory (None when the run has none)."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"output_path: {name!r} is not a file name inside the run directory")
         return self.run_dir / name if self.run_dir is not None else None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -108,13 +111,31 @@ def check_experiment(experiment: Experiment) -> CheckedExperiment:
 
         checked.task_config = train_config(checked)
         checked.task_config.check(experiment.sampler.frames_per_chunk)
+    if experiment.generate is not None:  # open the prompt script and image now, so validate checks them too
+        from longlive.inputs import check_generate_inputs
+
+        check_generate_inputs(experiment)
+    if experiment.run.device == "cpu":  # host RAM is known without torch; a GPU's memory once torch runs
+        check_cache_size(checked, "cpu")
     return checked
+
+
+def check_cache_size(checked: CheckedExperiment, device: str) -> None:
+    """A KV window no storage could hold on `device` fails here, not at allocation (longlive/memory.py)."""
+    experiment = checked.experiment
+    if experiment.run.task in ("generate", "bench"):
+        from longlive.memory import check_cache_fits
+
+        preset = checked.components.get("dit_preset", experiment.model.preset, where="model.preset").value
+        codec = checked.components.get("codec", experiment.model.codec, where="model.codec").value
+        check_cache_fits(experiment, preset, codec, device)
 
 
 def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir: bool = True) -> RunContext:
     """Check the experiment, resolve device and dtype, set threads; create the run directory unless told not to."""
     checked = check_experiment(experiment)
     device = resolve_device(experiment.run.device, check_available=create_dir)
+    check_cache_size(checked, str(device))
     set_threads(experiment.run.threads, device)
     run = RunContext(experiment=experiment, pm=checked.pm, components=checked.components,
                      plugin_configs=checked.plugin_configs, device=device,
@@ -147,14 +168,27 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
-def set_threads(threads: int, device: torch.device) -> None:
-    """torch's CPU threads: `run.threads`, or 0 = one thread (docs/benchmarks.md: "CPU threads")."""
+def set_threads(threads: int, device: torch.device) -> int:
+    """Set torch's CPU threads: `run.threads`, or 0 = auto (`auto_threads`). Returns the count."""
     import torch
 
-    count = threads or 1
+    count = threads or auto_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
-    log.debug("torch CPU threads: %d (device %s)", count, device)
+    log.info("torch CPU threads: %d%s (device %s)", count, "" if threads else " (auto; run.threads sets it)", device)
+    return count
+
+
+def auto_threads() -> int:
+    """The cores this process may use minus the ones already busy (1-minute load average), at least 1.
+
+    On a 2-core machine: 2 threads when idle, 1 when another job runs. Oversubscribed threads
+    spin against each other: the quickstart took 5-11 min with 2 threads on a busy 2-core
+    machine and 140 s with 1 (docs/benchmarks.md, "CPU threads").
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
 
 
 def check_components(experiment: Experiment, components: ComponentRegistry) -> None:
@@ -223,16 +257,20 @@ def _is_plain(value: Any) -> bool:
 
 
 def _new_run_dir(experiment: Experiment) -> Path:
-    base = Path(experiment.run.output_dir)
-    if not base.is_absolute() and experiment.source is not None and not base.exists():
-        base = Path.cwd() / base
+    """A fresh `<output_dir>/<name>/<timestamp>[-N]`, created here with an exclusive mkdir, so two
+    runs started at once never share one. output_dir is resolved once, against the working directory."""
+    base = Path(experiment.run.output_dir).expanduser().resolve() / experiment.run.name
+    base.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = base / experiment.run.name / stamp
-    suffix = 1
-    while path.exists():
-        path = base / experiment.run.name / f"{stamp}-{suffix}"
-        suffix += 1
-    return path
+    for suffix in range(10_000):
+        path = base / (f"{stamp}-{suffix}" if suffix else stamp)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"run.output_dir: 10000 runs named {experiment.run.name!r} started this second in {base}; "
+                      f"pass --run-dir")
 
 
 def _write_atomic(path: Path, text: str) -> None:

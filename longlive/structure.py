@@ -5,12 +5,18 @@ never becomes a list, a bool is not an int. Unknown keys are errors that name th
 key. Every error is a ConfigError that names the full key path (e.g. `sampler.steps`), the value
 found and what is allowed.
 
+Numbers must be finite (NaN and inf are rejected for every float field), and every numeric
+field of a schema carries a range validator with an upper bound the machine can run
+(tests/reliability/test_validate.py checks every config class for it).
+
 Supported field types: str, int, float (ints accepted), bool, `tuple[T, ...]` of those, nested
 attrs classes (TOML tables), and `X | None` (an absent key keeps the default).
 """
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import types
 import typing
 from typing import Any, Callable, Iterable, TypeVar
@@ -92,6 +98,8 @@ def _value(value: Any, hint: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, found {_show(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, found {_show(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -138,6 +146,42 @@ def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], N
     return check
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def file_name() -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: a plain name (letters, digits, `_.+-`; no separators, not `.`/`..`, no leading dot)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not _NAME.fullmatch(value):
+            raise ConfigError(f"{attribute.name}: {_show(value)} is not a plain name; use letters, digits and "
+                              f"_ . + - (no / or \\, at most 128 characters, not starting with a dot)")
+
+    return check
+
+
+def relative_folder() -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: an absolute folder, or a relative one that does not climb out with `..`."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        parts = value.replace("\\", "/").split("/")
+        if not value.strip() or ".." in parts or "\0" in value:
+            raise ConfigError(f"{attribute.name}: {_show(value)} must be a folder below the working directory "
+                              f"(no ..) or an absolute path")
+
+    return check
+
+
+def optional(validator: Callable[[Any, attrs.Attribute, Any], None]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: None, or a value `validator` accepts."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None:
+            validator(instance, attribute, value)
+
+    return check
+
+
 # ---- message helpers -----------------------------------------------------------------------
 
 
@@ -165,7 +209,7 @@ def _prefix(message: str, where: str) -> str:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return f'"{value}"'
+        return f'"{value}"' if len(value) <= 80 else f'"{value[:60]}..." ({len(value)} characters)'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):

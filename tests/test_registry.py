@@ -1,15 +1,13 @@
 """The plugin manager: discovery, configs, role conflicts, component ownership, hook contracts."""
 from __future__ import annotations
 
-import attrs
-import pluggy
 import pytest
 
 from debug_experiment import DEBUG_EXPERIMENT
 from longlive.components import ComponentRegistry
 from longlive.config import experiment_from_table
 from longlive.errors import ConfigError, PluginError
-from longlive.registry import hookimpl, hookspecs
+from longlive.registry import hookspecs
 from longlive.registry.manager import build_plugin_manager, installed_plugins
 
 

@@ -99,13 +99,13 @@ def read_state_dict(path: str | os.PathLike, *, where: str = "checkpoint") -> Ma
     if path.suffix in _SAFETENSORS:
         return _open_safetensors([path], where=where, what=repr(str(path)))
     if path.suffix in _PICKLES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        import zipfile
+
+        try:  # mmap needs the zip format; older torch.save files are read whole
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as e:
-            raise ConfigError(
-                f"{where}: {str(path)!r} could not be read with torch.load(weights_only=True) ({e}); "
-                "only plain tensor state dicts are accepted"
-            ) from e
+            raise ConfigError(f"{where}: {str(path)!r} {describe_load_error(e)}; only plain tensor state dicts "
+                              f"(or safetensors files) are accepted") from None
         if not isinstance(obj, Mapping):
             raise ConfigError(f"{where}: {str(path)!r} holds a {type(obj).__name__}, not a state dict")
         return dict(obj)
@@ -120,6 +120,23 @@ def _open_safetensors(files: list[Path], *, where: str, what: str) -> LazyTensor
         return LazyTensors.open(files)
     except Exception as e:  # safetensors raises its own error types
         raise ConfigError(f"{where}: {what} is not a readable safetensors file ({e})") from e
+
+
+def describe_load_error(e: Exception) -> str:
+    """One line on why torch.load(weights_only=True) refused a file, without PyTorch's advice to load it
+    unsafely (it would run the file's code)."""
+    import pickle
+
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if isinstance(e, pickle.UnpicklingError):
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "unsupported objects")
+        return f"holds pickled Python objects, not only tensors, and was refused ({detail[:200]})"
+    return f"could not be read with torch.load(weights_only=True) ({type(e).__name__}: {(lines or [''])[0][:200]})"
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of `state` that hold NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:

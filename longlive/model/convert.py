@@ -21,7 +21,7 @@ from torch import nn
 
 from longlive.config import CHECKPOINT_FORMATS
 from longlive.errors import ConfigError
-from longlive.model.checkpoint import LazyTensors, load_strict, read_state_dict, rename_keys
+from longlive.model.checkpoint import LazyTensors, load_strict, nonfinite_keys, read_state_dict, rename_keys
 
 log = logging.getLogger(__name__)
 
@@ -162,5 +162,9 @@ def load_dit_weights(model: nn.Module, path: str | os.PathLike, format: str = "a
         raise ConfigError(f"{where}: {str(path)!r} holds non-tensor entries ({bad[:3]}); it is not a DiT state dict")
     _check_prediction(model, path, where)
     fmt = load_dit_state(model, state, format, what=f"DiT from {os.fspath(path)}")
+    bad = nonfinite_keys(model.state_dict())  # checked where the weights now live: no second read of the file
+    if bad:
+        raise ConfigError(f"{where}: {str(path)!r} holds NaN or inf in {len(bad)} tensors (e.g. {bad[0]}); these "
+                          f"weights cannot generate (a diverged training run?); use an earlier checkpoint")
     log.info("loaded DiT weights from %s (%s format, %d tensors)", os.fspath(path), fmt, len(state))
     return fmt

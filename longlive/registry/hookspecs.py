@@ -22,7 +22,6 @@ from longlive.registry import hookspec
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from longlive.cache import CachePolicy, CacheSpec, KVStorage
     from longlive.components import ScopedRegistry

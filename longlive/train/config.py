@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from longlive.errors import ConfigError
-from longlive.structure import at_least, in_range, one_of, structure
+from longlive.config import MAX_COUNT, MAX_FRAMES, MAX_STEPS
+from longlive.structure import file_name, in_range, one_of, optional, structure
+
+
+if TYPE_CHECKING:
+    from longlive.run import CheckedExperiment, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +32,42 @@ class TrainConfig:
     dataset: str = "shards"  # a "dataset" component
     data: str  # shard file or brace/glob pattern, relative to the experiment file
     eval_data: str | None = None  # prompts for evaluation come from its first sample (default: data)
-    num_frames: int = attrs.field(default=16, validator=at_least(1))  # per sample; multiple of frames_per_chunk
-    steps: int = attrs.field(default=1000, validator=at_least(1))  # optimizer steps
-    max_seconds: float | None = None  # wall-clock budget: stop (save, evaluate, export) at the next log step
-    batch_size: int = attrs.field(default=1, validator=at_least(1))  # samples per rank per micro-step
-    grad_accum: int = attrs.field(default=1, validator=at_least(1))  # micro-steps per optimizer step
+    # Latent frames per sample; a multiple of sampler.frames_per_chunk.
+    num_frames: int = attrs.field(default=16, validator=in_range(1, MAX_FRAMES))
+    steps: int = attrs.field(default=1000, validator=in_range(1, MAX_STEPS))  # optimizer steps
+    # Wall-clock budget: stop (save, evaluate, export) at the next log step.
+    max_seconds: float | None = attrs.field(default=None, validator=optional(in_range(0.0, 1e9)))
+    batch_size: int = attrs.field(default=1, validator=in_range(1, MAX_COUNT))  # samples per rank per micro-step
+    grad_accum: int = attrs.field(default=1, validator=in_range(1, MAX_COUNT))  # micro-steps per optimizer step
     lr: float = attrs.field(default=1e-5, validator=in_range(0.0, 1.0))
     betas: tuple[float, ...] = (0.0, 0.999)  # LongLive 2.0's AdamW betas
-    weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))
-    grad_clip: float = attrs.field(default=10.0, validator=at_least(0.0))  # max grad norm; 0 = no clipping
-    warmup_steps: int = attrs.field(default=0, validator=at_least(0))  # linear LR warmup
+    weight_decay: float = attrs.field(default=0.0, validator=in_range(0.0, 100.0))
+    grad_clip: float = attrs.field(default=10.0, validator=in_range(0.0, 1e9))  # max grad norm; 0 = no clipping
+    warmup_steps: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))  # linear LR warmup
     ema_decay: float = attrs.field(default=0.99, validator=in_range(0.0, 1.0))
-    ema_start: int = attrs.field(default=0, validator=at_least(0))  # before this step the EMA copies the model
+    # Before this step the EMA copies the model.
+    ema_start: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))
     timestep_shift: float = attrs.field(default=5.0, validator=in_range(0.01, 100.0))
     time_weighting: str = attrs.field(default="gaussian", validator=one_of(TIME_WEIGHTINGS))
+    # Corrupt samples skipped (each replaced by the next readable one) before the run stops.
+    max_bad_samples: int = attrs.field(default=10, validator=in_range(0, MAX_COUNT))
     cache_latents: bool = False  # keep encoded latents and text in memory (small datasets)
     caption_dropout: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))  # P(empty prompt), for CFG
     # Loss weight of chunks that start a caption (chunk 0, cuts, prompt switches); 1 = plain mean.
     caption_start_weight: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0))
-    log_every: int = attrs.field(default=10, validator=at_least(1))
-    save_every: int = attrs.field(default=500, validator=at_least(0))  # 0: only the final checkpoint
+    log_every: int = attrs.field(default=10, validator=in_range(1, MAX_STEPS))
+    save_every: int = attrs.field(default=500, validator=in_range(0, MAX_STEPS))  # 0: only the final checkpoint
     keep_previous: bool = True  # keep the checkpoint before `last` as `previous`
-    eval_every: int = attrs.field(default=0, validator=at_least(0))  # 0: no evaluation
-    eval_frames: int | None = None  # latent frames of the evaluation video (default: num_frames)
+    eval_every: int = attrs.field(default=0, validator=in_range(0, MAX_STEPS))  # 0: no evaluation
+    # Latent frames of the evaluation video (default: num_frames).
+    eval_frames: int | None = attrs.field(default=None, validator=optional(in_range(1, MAX_FRAMES)))
     init_from: str | None = None  # initial DiT weights (any format model.checkpoint_format reads)
-    export: str = "model.safetensors"  # EMA weights written to the run directory at the end
+    # EMA weights written to the run directory at the end (a file name, not a path).
+    export: str = attrs.field(default="model.safetensors", validator=file_name())
 
     def __attrs_post_init__(self) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"train.betas: {list(self.betas)} must be two numbers in [0, 1), e.g. [0.0, 0.999]")
-        if self.eval_frames is not None and self.eval_frames < 1:
-            raise ConfigError(f"train.eval_frames: {self.eval_frames} must be >= 1 (or left out)")
         if not self.export.endswith(".safetensors"):
             raise ConfigError(f"train.export: {self.export!r} must be a .safetensors file name")
 
@@ -72,7 +81,7 @@ class TrainConfig:
                                   f"{frames_per_chunk}; try {near}")
 
 
-def train_config(run: Any) -> TrainConfig:
+def train_config(run: RunContext | CheckedExperiment) -> TrainConfig:
     """The run's TrainConfig: `run.task_config` once the trainer set it, else structured from [train]."""
     if isinstance(run.task_config, TrainConfig):
         return run.task_config
@@ -82,6 +91,6 @@ def train_config(run: Any) -> TrainConfig:
     return structure(table, TrainConfig, where="train")
 
 
-def resolve_path(value: str, run: Any, key: str) -> str:
+def resolve_path(value: str, run: RunContext, key: str) -> str:
     """A path or shard pattern from [train] (`key`: its dotted name), by Experiment.path's rule."""
     return str(run.experiment.path(value, key))

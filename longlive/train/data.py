@@ -18,6 +18,13 @@ objective draws its noise and timesteps: the draws do not depend on the number o
 `caption_dropout` p, a sample's context is replaced by that of the empty prompt (every chunk) when
 a draw from the sample's seed falls below p, so a model can learn the unconditional prediction
 that classifier-free guidance needs; the choice, like the noise, does not depend on the ranks.
+
+Corrupt samples: a dataset raises `CorruptSampleError` for a sample it cannot read or decode
+(`ShardClipDataset` names the shard and key). `SkippingDataset` then serves the next readable
+sample in dataset order instead (index + 1, + 2, ...), logs a warning with the shard and key and
+counts it; more than `train.max_bad_samples` distinct corrupt samples stop the run with a
+ConfigError. The substitute depends only on the data, so a resumed run reads what the
+uninterrupted one read.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ import json
 import logging
 import os
 import tarfile
-from typing import Any, Callable, Protocol, Sequence
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import attrs
 import numpy as np
@@ -35,6 +43,13 @@ import torch
 from einops import rearrange
 
 from longlive.errors import ConfigError
+from longlive.train.manifest import check_counts
+
+
+if TYPE_CHECKING:
+    from longlive.protocols import Codec, TextEncoder
+    from longlive.run import RunContext
+    from longlive.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +63,39 @@ class Dataset(Protocol):
 
 
 DatasetFactory = Callable[[Any, Any], Dataset]  # (run, train_config) -> Dataset
+
+
+class CorruptSampleError(ConfigError):
+    """One sample cannot be read or decoded; the message names where it lies (shard and key)."""
+
+
+class SkippingDataset:
+    """A dataset whose corrupt samples are replaced by the next readable one (module docstring)."""
+
+    def __init__(self, dataset: Dataset, *, max_bad: int) -> None:
+        self.dataset, self.max_bad = dataset, max_bad
+        self.bad: dict[int, str] = {}  # dataset index -> why it was skipped
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        size = len(self.dataset)
+        for k in range(size):
+            i = (index + k) % size
+            if i in self.bad:
+                continue
+            try:
+                return self.dataset[i]
+            except CorruptSampleError as e:
+                self.bad[i] = str(e)
+                log.warning("skipped corrupt sample %d (%d so far, limit train.max_bad_samples = %d): %s",
+                            i, len(self.bad), self.max_bad, e)
+                if len(self.bad) > self.max_bad:
+                    raise ConfigError(f"train.max_bad_samples: {len(self.bad)} corrupt samples exceed the limit of "
+                                      f"{self.max_bad} (last: {e}); repair or regenerate the data, or raise the "
+                                      f"limit") from None
+        raise ConfigError(f"train.data: none of the {size} samples is readable")
 
 
 # ---- shards of uint8 video + json captions -------------------------------------------------
@@ -69,11 +117,26 @@ class SampleRef:
     meta: _Member
 
     def read(self) -> tuple[np.ndarray, dict]:
-        with open(self.shard, "rb") as f:
-            f.seek(self.video.offset)
-            video = np.load(io.BytesIO(f.read(self.video.size)), allow_pickle=False)
-            f.seek(self.meta.offset)
-            meta = json.loads(f.read(self.meta.size).decode("utf-8"))
+        """The video and metadata; CorruptSampleError when either cannot be read or decoded."""
+        where = f"sample {self.key!r} in {self.shard}"
+        try:
+            with open(self.shard, "rb") as f:
+                f.seek(self.video.offset)
+                video_bytes = f.read(self.video.size)
+                f.seek(self.meta.offset)
+                meta_bytes = f.read(self.meta.size)
+        except OSError as e:
+            raise CorruptSampleError(f"{where}: cannot be read ({e})") from None
+        try:  # numpy calls any header it cannot parse "pickled data": say what it is instead
+            video = np.load(io.BytesIO(video_bytes), allow_pickle=False)
+        except (ValueError, EOFError) as e:
+            raise CorruptSampleError(f"{where}: the video is not a valid .npy array ({type(e).__name__})") from None
+        try:
+            meta = json.loads(meta_bytes.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError
+            raise CorruptSampleError(f"{where}: the metadata is not UTF-8 JSON ({str(e)[:120]})") from None
+        if not isinstance(meta, dict):
+            raise CorruptSampleError(f"{where}: the metadata is not a JSON object")
         return video, meta
 
 
@@ -103,8 +166,12 @@ def index_shards(files: Sequence[str], *, where: str) -> list[SampleRef]:
                         key, _, ext = base.partition(".")
                         prefix = m.name[: len(m.name) - len(base)]
                         members.setdefault(prefix + key, {})[ext] = _Member(m.offset_data, m.size)
+                rest = os.path.getsize(path) - tar.offset
         except tarfile.TarError as e:
             raise ConfigError(f"{where}: {path!r} is not a readable (uncompressed) tar shard: {e}") from None
+        if rest > 2 * tarfile.RECORDSIZE:  # tarfile ends quietly at a damaged header: say so
+            log.warning("%s: %s stops being readable at byte %d of %d; the samples after it are lost",
+                        where, path, os.path.getsize(path) - rest, os.path.getsize(path))
         for key, parts in members.items():
             video = [m for ext, m in parts.items() if ext.endswith("npy")]
             if len(video) == 1 and "json" in parts:
@@ -159,12 +226,13 @@ class ShardClipDataset:
         self.pixel_frames = 1 + temporal_stride * (num_frames - 1)
 
     @classmethod
-    def from_config(cls, run: Any, config: Any) -> ShardClipDataset:
+    def from_config(cls, run: RunContext, config: TrainConfig) -> ShardClipDataset:
         from longlive.train.config import resolve_path
 
         codec = run.components.get("codec", run.experiment.model.codec, where="model.codec").value
         files = expand_pattern(resolve_path(config.data, run, "train.data"), where="train.data")
         refs = index_shards(files, where="train.data")
+        check_counts(files, Counter(ref.shard for ref in refs), max_missing=config.max_bad_samples, where="train.data")
         log.info("dataset: %d samples in %d shards (%s)", len(refs), len(files), config.data)
         return cls(refs, num_frames=config.num_frames, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
                    temporal_stride=codec.temporal_stride)
@@ -176,12 +244,15 @@ class ShardClipDataset:
         ref = self.refs[index]
         video, meta = ref.read()
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-            raise ConfigError(f"{self.where}: sample {ref.key!r} in {ref.shard}: video must be uint8 [T, H, W, 3]; "
-                              f"got {video.dtype} {video.shape}")
+            raise CorruptSampleError(f"{self.where}: sample {ref.key!r} in {ref.shard}: video must be uint8 "
+                                     f"[T, H, W, 3]; got {video.dtype} {video.shape}")
         if video.shape[0] < self.pixel_frames:
             raise ConfigError(f"{self.where}: sample {ref.key!r} in {ref.shard} has {video.shape[0]} frames but "
                               f"train.num_frames needs {self.pixel_frames}; lower train.num_frames or use longer clips")
-        captions = frame_captions(meta, self.pixel_frames, where=f"{self.where} ({ref.key})")
+        try:
+            captions = frame_captions(meta, self.pixel_frames, where=f"{self.where} ({ref.key})")
+        except (ConfigError, TypeError, ValueError, IndexError) as e:
+            raise CorruptSampleError(f"sample {ref.key!r} in {ref.shard}: bad prompt_schedule ({e})") from None
         prompts = chunk_prompts(captions, num_chunks=self.num_chunks, frames_per_chunk=self.frames_per_chunk,
                                 temporal_stride=self.temporal_stride)
         return {"video": video[: self.pixel_frames], "prompts": prompts, "fps": float(meta.get("fps", 0.0))}
@@ -255,7 +326,7 @@ def video_to_float(video: Any) -> torch.Tensor:
 class BatchEncoder:
     """Items -> {"latents" [B, C, F, H, W] fp32, "context" [B, n, L, D] fp32, "seeds" [B], "prompts"}."""
 
-    def __init__(self, codec: Any, text_encoder: Any, *, device: torch.device, dtype: torch.dtype,
+    def __init__(self, codec: Codec, text_encoder: TextEncoder, *, device: torch.device, dtype: torch.dtype,
                  cache: bool = False, caption_dropout: float = 0.0) -> None:
         self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
         self.caption_dropout = caption_dropout

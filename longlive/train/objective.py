@@ -39,12 +39,16 @@ how a global batch is split over ranks or micro-steps, and a resumed run redraws
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from longlive.errors import ConfigError
 from longlive.sampling import TRAIN_TIMESTEPS, FlowMatching
+
+
+if TYPE_CHECKING:
+    from longlive.run import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class FlowMatchingObjective:
         self.weights = time_weights(sigmas * TRAIN_TIMESTEPS, weighting).float()  # [N], mean 1
 
     @classmethod
-    def from_run(cls, run: Any) -> FlowMatchingObjective:
+    def from_run(cls, run: RunContext) -> FlowMatchingObjective:
         from longlive.train.config import train_config
 
         cfg = train_config(run)

@@ -14,6 +14,10 @@ it, and the resumed run reproduces the uninterrupted one exactly (same data orde
 noise from the stream position, optimizer and EMA state, RNG states). Parameters train in fp32;
 on CUDA with run.dtype bf16 the forward runs under bf16 autocast. At the end the EMA weights
 are exported to `<run_dir>/<train.export>` (safetensors, in run.dtype).
+
+Divergence: before every save and before the export, every rank checks that the weights, the
+optimizer state and the EMA are finite; if not, the run stops with an error and writes nothing,
+so `last.pt` stays the last good checkpoint (and a resume starts from it).
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from torch import nn
 
 from longlive.assembly import build_codec, build_model, build_text_encoder
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
-from longlive.errors import LongLiveError
-from longlive.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from longlive.errors import ConfigError, LongLiveError
+from longlive.train.checkpoint import (load_checkpoint, nonfinite_tensors, remove_stale_temporaries, rng_state,
+                                       save_checkpoint, set_rng_state)
 from longlive.train.config import TrainConfig, resolve_path, train_config
-from longlive.train.data import BatchEncoder, DataStream
+from longlive.train.data import BatchEncoder, DataStream, SkippingDataset
 from longlive.train.ema import EMA
 
 if TYPE_CHECKING:
@@ -85,6 +90,7 @@ class Trainer:
     def __init__(self, run: RunContext, config: TrainConfig, info: DistInfo) -> None:
         self.run, self.config, self.info = run, config, info
         self.step = 0
+        self.saved_step: int | None = None  # step of the newest checkpoint written or resumed from
         self.history: list[tuple[int, float]] = []
         self._tokens, self._clock = 0, time.perf_counter()  # since the last log
         torch.manual_seed(run.experiment.run.seed + info.rank)  # plugins' draws; ours are per sample
@@ -100,7 +106,7 @@ class Trainer:
     def _build_data(self) -> None:
         run, cfg = self.run, self.config
         factory = run.components.get("dataset", cfg.dataset, where="train.dataset").value
-        self.dataset = factory(run, cfg)
+        self.dataset = SkippingDataset(factory(run, cfg), max_bad=cfg.max_bad_samples)
         self.codec = build_codec(run)
         self.text = build_text_encoder(run)
         self.encoder = BatchEncoder(self.codec, self.text, device=run.device, dtype=run.dtype,
@@ -111,7 +117,8 @@ class Trainer:
     def _build_model(self) -> None:
         run, cfg = self.run, self.config
         init = str(resolve_path(cfg.init_from, run, "train.init_from")) if cfg.init_from is not None else None
-        model = build_model(run, role="generator", training=True, checkpoint=init, dtype=torch.float32).train()
+        model = build_model(run, role="generator", training=True, checkpoint=init, where="train.init_from",
+                            dtype=torch.float32).train()
         if not any(p.requires_grad for p in model.parameters()):  # no adapter plugin: train everything
             model.requires_grad_(True)
         self.model = model
@@ -223,7 +230,7 @@ class Trainer:
         elapsed, self._clock = time.perf_counter() - self._clock, time.perf_counter()
         scalars = {"train/loss": loss, "train/mse": mse, "train/sigma": sigma, "train/grad_norm": grad_norm,
                    "train/lr": self.lr_at(self.step - 1), "train/tokens_per_s": self._tokens / max(elapsed, 1e-9),
-                   "train/epoch": self.stream.epoch}
+                   "train/epoch": self.stream.epoch, "train/bad_samples": len(self.dataset.bad)}
         self._tokens = 0
         self.history.append((self.step, loss))
         if self.info.is_main:
@@ -232,37 +239,86 @@ class Trainer:
 
     # ---- checkpoints, evaluation, export ----------------------------------------------------
 
+    def experiment_toml(self) -> str:
+        """The resolved experiment of this run (what experiment.toml holds)."""
+        from longlive.config import dumps_toml, experiment_to_table
+
+        return dumps_toml(experiment_to_table(self.run.experiment, self.run.plugin_configs, self.config))
+
     def state_dict(self, rng: list[dict]) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict(), "data": self.stream.state_dict(), "rng": rng,
-                "mode": self.config.mode, "history": [list(h) for h in self.history]}
+        return {"step": self.step, "experiment": self.experiment_toml(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+                "data": self.stream.state_dict(), "rng": rng,
+                "mode": self.config.mode, "history": [list(h) for h in self.history],
+                "bad_samples": sorted(self.dataset.bad)}
+
+    def check_finite(self) -> None:
+        """Raise when the weights, optimizer state or EMA hold NaN/inf (every rank: the state is replicated)."""
+        bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+                                 "ema": self.ema.shadow})
+        if not bad:
+            return
+        kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.checkpoints / 'last.pt'}"
+                if self.saved_step is not None else "no checkpoint was written")
+        raise LongLiveError(f"training diverged by step {self.step}: {len(bad)} tensors hold NaN or inf "
+                            f"(e.g. {', '.join(bad[:2])}); nothing saved, {kept}; lower train.lr, "
+                            f"set train.grad_clip or train.warmup_steps")
 
     def save(self) -> None:
         if self.checkpoints is None:
             return
+        self.check_finite()
         rng = all_gather_objects(self.info, rng_state())  # a collective: every rank takes part
         if self.info.is_main:
             save_checkpoint(self.state_dict(rng), self.checkpoints, keep_previous=self.config.keep_previous)
+        self.saved_step = self.step
         barrier(self.info)
 
     def resume(self) -> None:
+        if self.checkpoints is not None and self.info.is_main:
+            remove_stale_temporaries(self.checkpoints)
         state = load_checkpoint(self.checkpoints) if self.checkpoints is not None else None
         if state is None:
             return
         from longlive.model.checkpoint import load_strict
 
+        self.check_changes(state)
         load_strict(self.model, state["model"], what=f"model of checkpoint in {self.checkpoints}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.stream.load_state_dict(state["data"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.history = [(int(s), float(v)) for s, v in state["history"]]
+        self.dataset.bad.update({int(i): "skipped before the resume" for i in state.get("bad_samples", [])})
         if len(state["rng"]) == self.info.world_size:
             set_rng_state(state["rng"][self.info.rank])
         else:
             log.warning("resume: checkpoint has RNG states of %d ranks, this run has %d; global RNGs not restored",
                         len(state["rng"]), self.info.world_size)
         log.info("resumed at step %d (data position %d)", self.step, self.stream.position)
+
+    def check_changes(self, state: dict) -> None:
+        """Refuse a resume under an experiment that breaks exact resume (longlive/train/resume.py)."""
+        from longlive.train.resume import breaking_changes, describe, tomllib, write_text_atomic
+
+        saved = state.get("experiment")
+        if saved is None:  # a checkpoint of an older version
+            log.warning("resume: the checkpoint does not record its experiment; changes cannot be checked")
+            return
+        changes = breaking_changes(saved, tomllib.loads(self.experiment_toml()))
+        if not changes:
+            return
+        step, run_dir = int(state["step"]), self.run.run_dir
+        if not self.run.allow_changed_resume:
+            if self.info.is_main:  # experiment.toml goes on recording what the checkpoint was trained under
+                write_text_atomic(run_dir / "experiment.toml", saved)
+            raise ConfigError(f"resume: the experiment differs from the one the checkpoint (step {step}) was trained "
+                              f"under: {describe(changes)}; restore the values, or pass --allow-changed-resume to "
+                              f"continue under the new ones (both are recorded)")
+        if self.info.is_main:
+            write_text_atomic(run_dir / f"experiment.step-{step}.toml", saved)
+        log.warning("resume: continuing step %d under a changed experiment (%s); the experiment of steps 1-%d is "
+                    "kept in %s", step, describe(changes), step, run_dir / f"experiment.step-{step}.toml")
 
     def evaluate(self) -> None:
         if self.info.is_main:
@@ -277,6 +333,8 @@ class Trainer:
         from longlive.model.checkpoint import save_safetensors_atomic
 
         export = self.run.output_path(self.config.export)
+        if export is not None:
+            self.check_finite()
         if export is not None and self.info.is_main:
             save_safetensors_atomic(self.ema.model_state(self.model, self.run.dtype), export,
                                     metadata={"preset": self.run.experiment.model.preset, "step": str(self.step),
@@ -285,5 +343,7 @@ class Trainer:
         loss = self.history[-1][1] if self.history else math.nan
         return {"steps": self.step, "loss": loss, "losses": [v for _, v in self.history],
                 "export": str(export) if export is not None else None,
+                "bad_samples": [self.dataset.bad[i] for i in sorted(self.dataset.bad)],
                 "summary": f"trained {self.step} steps ({self.config.mode}); final loss {loss:.4f}"
+                           + (f"; {len(self.dataset.bad)} corrupt samples skipped" if self.dataset.bad else "")
                            + (f"; EMA weights -> {export}" if export is not None else "")}

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from longlive.config import MAX_FRAMES
 from longlive.errors import ConfigError, PluginError
 from longlive.registry import hookimpl
-from longlive.structure import at_least
+from longlive.structure import in_range
 
 if TYPE_CHECKING:
     import torch
@@ -31,9 +32,11 @@ class AttnSinkConfig:
     rope_shift_frames = 0 with everything else off.
     """
 
-    sink_frames: int = attrs.field(default=8, validator=at_least(0))  # global sink: the video's first frames
-    shot_sink_frames: int = attrs.field(default=8, validator=at_least(0))  # each shot's first frames
-    rope_shift_frames: int = attrs.field(default=8, validator=at_least(0))  # temporal RoPE offset per shot index
+    # global sink: the video's first frames
+    sink_frames: int = attrs.field(default=8, validator=in_range(0, MAX_FRAMES))
+    shot_sink_frames: int = attrs.field(default=8, validator=in_range(0, MAX_FRAMES))  # each shot's first frames
+    # temporal RoPE offset per shot index
+    rope_shift_frames: int = attrs.field(default=8, validator=in_range(0, MAX_FRAMES))
     clear_window_on_cut: bool = False  # a cut drops the previous shot from the cache (re-caching the cut chunk)
     recache_on_switch: bool = False  # re-run the window under the new prompt at a switch (LongLive 1.0)
     recache_sink: bool = False  # re-cache the sinks too at a switch
@@ -46,6 +49,8 @@ class AttnSinkConfig:
         if self.recache_sink and not self.recache_on_switch:
             raise ConfigError("recache_sink: true has no effect with recache_on_switch = false; "
                               "set recache_on_switch = true or remove recache_sink")
+        if self.prompt_file is not None and not self.prompt_file.strip():
+            raise ConfigError("prompt_file: \"\" names no file; give a path, or use prompt_stdin = true to read stdin")
         if self.prompt_file is not None and self.prompt_stdin:
             raise ConfigError("prompt_stdin: true together with prompt_file; choose one live prompt source")
 

@@ -9,17 +9,21 @@ Cost: one clean forward per re-cached chunk, once per switch.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from longlive.cache import ChunkPlan
 from longlive.errors import LongLiveError
 
+
+if TYPE_CHECKING:
+    from longlive.pipeline import GenerationState
+
 log = logging.getLogger(__name__)
 
 
-def recache_chunks(state: Any, prompt: str, plans: Sequence[ChunkPlan], latents: dict[int, torch.Tensor]) -> None:
+def recache_chunks(state: GenerationState, prompt: str, plans: Sequence[ChunkPlan], latents: dict[int, torch.Tensor]) -> None:
     """Re-write the cached K/V of the chunks `plans` name under `prompt`.
 
     `state` is the pipeline's GenerationState (model, cache, text, CFG); `latents` maps chunk

@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from longlive.errors import ConfigError
 from longlive.monitor import progress
 from longlive.prompts import PromptScript, Shot, chunk_prompts, pixel_schedule
+
+
+if TYPE_CHECKING:
+    from longlive.run import RunContext
+    from longlive_plugins.toyworld.plugin import ToyWorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ def heldout_script(seed: int, *, latent_frames: int, frames_per_chunk: int, stri
                                    for s, a, b in zip(clip.shots, bounds[:-1], bounds[1:])))
 
 
-def evaluate_heldout(run: Any, config: Any) -> dict:
+def evaluate_heldout(run: RunContext, config: ToyWorldConfig) -> dict:
     from longlive.assembly import build_parts, render
     from longlive_plugins.toyworld.shards import clip_seed
     from longlive_plugins.toyworld.toybench import score_video

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from longlive.model.presets import PREDICTIONS
 from longlive.registry import hookimpl
-from longlive.structure import at_least, in_range, one_of
+from longlive.config import MAX_COUNT, MAX_FRAMES
+from longlive.errors import ConfigError
+from longlive.structure import in_range, one_of
+
+
+if TYPE_CHECKING:
+    from longlive.config import Experiment
+    from longlive.run import RunContext
+    from longlive_plugins.toyworld.codec import PatchCodec
+    from longlive_plugins.toyworld.text import ToyTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +43,24 @@ class ToyWorldConfig:
     score: bool = True  # score generated videos with ToyBench (task generate)
     segment_s: float = attrs.field(default=10.0, validator=in_range(0.5, 600.0))  # ToyBench segments
     # The `toy_data` task: webdataset shards of rendered multi-shot clips.
-    data_dir: str = "data/toy"  # relative to the experiment file
-    train_clips: int = attrs.field(default=2000, validator=at_least(1))
-    heldout_clips: int = attrs.field(default=64, validator=at_least(0))
-    clip_frames: int = attrs.field(default=64, validator=at_least(2))  # pixel frames per clip
+    # Relative to the experiment file (.. allowed: the recipes write to the repository's data/) or
+    # absolute; the task writes only <data_dir>/<split>/<split>-NNNNNN.tar and manifest.json there.
+    data_dir: str = "data/toy"
+    train_clips: int = attrs.field(default=2000, validator=in_range(1, MAX_COUNT))
+    heldout_clips: int = attrs.field(default=64, validator=in_range(0, MAX_COUNT))
+    clip_frames: int = attrs.field(default=64, validator=in_range(2, MAX_FRAMES))  # pixel frames per clip
     max_shots: int = attrs.field(default=3, validator=in_range(1, 8))
     switch_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))  # boundary = motion switch, not cut
-    clips_per_shard: int = attrs.field(default=250, validator=at_least(1))
+    clips_per_shard: int = attrs.field(default=250, validator=in_range(1, MAX_COUNT))
     data_workers: int = attrs.field(default=1, validator=in_range(1, 256))  # processes writing shards
     # The `toy_eval` task: ToyBench on held-out prompts (clip length = sampler.num_frames).
-    eval_clips: int = attrs.field(default=16, validator=at_least(1))
+    eval_clips: int = attrs.field(default=16, validator=in_range(1, MAX_COUNT))
     eval_shots: int = attrs.field(default=1, validator=in_range(1, 8))
 
     def __attrs_post_init__(self) -> None:
-        from longlive.errors import ConfigError
-
+        if not self.data_dir.strip() or Path(self.data_dir).expanduser().resolve() == Path("/"):
+            raise ConfigError(f"plugins.toyworld.data_dir: {self.data_dir!r} must name a data folder, not the "
+                              f"working directory or the filesystem root")
         channels = 3 * self.spatial_factor ** 2 * self.temporal_factor
         if channels != 48:
             raise ConfigError(f"plugins.toyworld: 3 x spatial_factor^2 x temporal_factor = {channels}, "
@@ -96,12 +109,33 @@ class ToyWorld:
         registry.add("task", "toy_data", self._make_data, summary="write toy-world webdataset shards")
         registry.add("task", "toy_eval", self._evaluate, summary="ToyBench on held-out prompts")
 
-    def _build_codec(self, run) -> Any:
+    @hookimpl
+    def longlive_configure(self, experiment: Experiment) -> None:
+        """ToyBench scores only captions of the toy world: check the prompts before generating."""
+        g = experiment.generate
+        if experiment.run.task != "generate" or not self.config.score or g is None:
+            return
+        from longlive.prompts import load_prompt_script
+        from longlive_plugins.toyworld.world import parse_caption
+
+        if g.prompt_script is None:
+            prompts = [g.prompt]
+        else:
+            shots = load_prompt_script(g.prompt_script).shot
+            prompts = [p for shot in shots for p in (shot.prompt, *(sw.prompt for sw in shot.switches))]
+        for prompt in prompts:
+            try:
+                parse_caption(prompt)
+            except ConfigError as e:
+                key = "generate.prompt_script" if g.prompt_script else "generate.prompt"
+                raise ConfigError(f"{key}: {e}; or set [plugins.toyworld] score = false") from None
+
+    def _build_codec(self, run: RunContext) -> PatchCodec:
         from longlive_plugins.toyworld.codec import PatchCodec
 
         return PatchCodec(self.config.spatial_factor, self.config.temporal_factor)
 
-    def _build_text(self, run) -> Any:
+    def _build_text(self, run: RunContext) -> ToyTextEncoder:
         from longlive_plugins.toyworld.text import ToyTextEncoder
 
         preset = run.preset
@@ -114,7 +148,7 @@ class ToyWorld:
         result = score_video(video, fps=fps, schedule=schedule, segment_s=self.config.segment_s)
         return result.to_dict()
 
-    def _make_data(self, run) -> dict:
+    def _make_data(self, run: RunContext) -> dict:
         from longlive_plugins.toyworld.shards import write_shards
 
         c = self.config
@@ -129,7 +163,7 @@ class ToyWorld:
                     temporal_factor=c.temporal_factor, workers=c.data_workers, switch_prob=c.switch_prob)]
         return {"shards": out, "summary": f"wrote toy shards to {data_dir}"}
 
-    def _evaluate(self, run) -> dict:
+    def _evaluate(self, run: RunContext) -> dict:
         from longlive_plugins.toyworld.heldout import evaluate_heldout
 
         return evaluate_heldout(run, self.config)
@@ -145,7 +179,7 @@ class ToyWorld:
             self._frames.append(frames[0].clone())  # not a view that would keep the whole batch
 
     @hookimpl
-    def longlive_run_end(self, run, result: dict) -> None:
+    def longlive_run_end(self, run: RunContext, result: dict) -> None:
         frames, self._frames = self._frames, []
         if not self._scoring(run) or not frames or "schedule" not in result:
             return
@@ -163,6 +197,8 @@ class ToyWorld:
         result["summary"] = f"{result.get('summary', '')}\nToyBench\n{scores.format_table()}".strip()
         path = run.output_path("toybench.json")
         if path is not None:
-            path.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
             plot(scores, run.output_path("toybench.png"))
         run.log(0, {f"toybench/{k}": v for k, v in scores.to_dict()["overall"].items() if isinstance(v, float)})

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from longlive.errors import ConfigError
+from longlive.train.manifest import update_manifest
 from longlive_plugins.toyworld.world import sample_clip
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,11 @@ def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed
     """Render `num_clips` clips into `{split}-NNNNNN.tar` shards under `out_dir`; returns the paths.
 
     Each shard is written to a temporary name and renamed when complete, so a shard file that
-    exists is always whole. `workers` > 1 writes shards in that many processes; every clip comes
-    from its own seed, so the shards hold the same clips either way.
+    exists is always whole. `out_dir/manifest.json` lists the shards with their sample counts
+    once all are written (longlive/train/manifest.py); training checks the shards against it, so
+    the shards of a writer killed midway are reported as unlisted. `workers` > 1 writes shards
+    in that many processes; every clip comes from its own seed, so the shards hold the same clips
+    either way.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -106,6 +110,8 @@ def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed
                      temporal_factor=temporal_factor, switch_prob=switch_prob)
     jobs = [(out_dir / f"{split}-{shard:06d}.tar", seed, split, range(first, min(first + clips_per_shard, num_clips)),
              clip_args) for shard, first in enumerate(range(0, num_clips, clips_per_shard))]
+    stale = [p.name for p in out_dir.glob(f"{split}-*.tar")]
+    update_manifest(out_dir, remove=stale)  # a run killed midway leaves shards the manifest does not list
     with tqdm(total=num_clips, desc=f"toy shards {split}", unit="clip", disable=None) as bar:
         if workers == 1:
             for job in jobs:
@@ -114,6 +120,7 @@ def write_shards(out_dir: str | Path, num_clips: int, clips_per_shard: int, seed
             with ProcessPoolExecutor(workers) as pool:
                 for done in pool.map(_write_shard, *zip(*jobs)):
                     bar.update(done)
+    update_manifest(out_dir, add={job[0].name: len(job[3]) for job in jobs})
     paths = [job[0] for job in jobs]
     log.info("toyworld: wrote %d %s clips in %d shards to %s", num_clips, split, len(paths), out_dir)
     return paths

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -395,5 +396,7 @@ def plot(result: ToyBenchResult, path: str | Path) -> Path:
     ax.legend(loc="lower left", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")  # written whole, then renamed
+    fig.savefig(tmp)
+    os.replace(tmp, path)
     return path

@@ -108,7 +108,8 @@ def parse_caption(text: str) -> Scene:
     """Inverse of `caption`. Size, speed and the bounce clause may be left out (defaults apply)."""
     m = _CAPTION_RE.fullmatch(" ".join(text.lower().split()).rstrip("."))
     if m is None:
-        raise ConfigError(f"toyworld: cannot read caption {text!r}; write it like "
+        shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
+        raise ConfigError(f"toyworld: cannot read caption {shown}; write it like "
                           f"'a small red circle moves left quickly and bounces on a black background'")
     words = {v: k for k, v in SPEED_WORDS.items()}
     return Scene(shape=m["shape"], color=m["color"], background=m["background"],

@@ -1,6 +1,8 @@
 """Toy shards: written atomically, read back exactly, chunk bookkeeping, switch marks, disjoint splits."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ def test_write_two_shards_and_read_back(tmp_path):
     paths = shards.write_shards(tmp_path, num_clips=3, clips_per_shard=2, seed=5, split="train", frames=16,
                                 size=32, max_shots=3, chunk_frames=2)
     assert [p.name for p in paths] == ["train-000000.tar", "train-000001.tar"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"] + [p.name for p in paths]  # no temps
+    assert json.loads((tmp_path / "manifest.json").read_text())["shards"] == {"train-000000.tar": 2,
+                                                                             "train-000001.tar": 1}
     samples = list(shards.iter_clips(str(tmp_path / "train-{000000..000001}.tar")))
     assert [s["key"] for s in samples] == ["train-000000000", "train-000000001", "train-000000002"]
     for index, s in enumerate(samples):
@@ -39,7 +43,7 @@ def test_parallel_writers_write_the_same_clips(tmp_path):
     assert [p.name for p in one] == [p.name for p in two] and len(two) == 3
     for a, b in zip(shards.iter_clips(sorted(map(str, one))), shards.iter_clips(sorted(map(str, two))), strict=True):
         assert a["key"] == b["key"] and a["meta"] == b["meta"] and np.array_equal(a["video"], b["video"])
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [p.name for p in two]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(["manifest.json", *(p.name for p in two)])
 
 
 def test_switch_shots_are_marked(tmp_path):

@@ -25,7 +25,7 @@ def _codec(name: str, plugins: list[str]):
     table = {"run": {"name": "t", "task": "generate", "device": "cpu", "plugins": plugins},
              "model": {"preset": "debug", "codec": name, "text_encoder": "random"},
              "sampler": {"height": 64, "width": 64, "num_frames": 4, "frames_per_chunk": 2, "window_frames": 4},
-             "generate": {"prompt": "x"}}
+             "generate": {"prompt": "a small red circle moves left steadily on a black background"}}
     run = make_run(experiment_from_table(table), create_dir=False)
     return run.codec_spec.build(run)
 

@@ -8,7 +8,7 @@ import attrs
 
 from longlive.errors import ConfigError, PluginError
 from longlive.registry import hookimpl
-from longlive.structure import at_least, one_of
+from longlive.structure import in_range, one_of
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +26,7 @@ class VaeAsyncConfig:
     """The [plugins.vae_async] table."""
 
     mode: str = attrs.field(default="thread", validator=one_of(MODES))  # where the decode runs (README)
-    queue_depth: int = attrs.field(default=2, validator=at_least(1))  # chunks waiting before push blocks
+    queue_depth: int = attrs.field(default=2, validator=in_range(1, 1024))  # chunks waiting before push blocks
     decode_device: str | None = None  # mode = "device": the GPU that decodes, e.g. "cuda:1" (default: the next GPU)
 
     def __attrs_post_init__(self) -> None:

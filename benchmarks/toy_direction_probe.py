@@ -40,7 +40,7 @@ def _displacements(run, parts, shots: list[tuple[str, int]], frames: int) -> np.
     """Per-frame centre steps [T - 1, 2] (x, y) in pixels, the short way round the torus."""
     script = PromptScript(shot=tuple(Shot(prompt=_caption(d), frames=n) for d, n in shots))
     video = render(run, parts, chunk_prompts(script, num_frames=frames, frames_per_chunk=CHUNK),
-                   show_progress=False).video
+                   show_progress=False, keep_video=True).video
     centre = read_frames(video[0]).centre  # [T, 2]
     size = video.shape[-1]
     return (np.diff(centre, axis=0) + size / 2) % size - size / 2

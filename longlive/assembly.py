@@ -22,7 +22,7 @@ quantization formats read that list.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 import torch
@@ -178,34 +178,61 @@ def new_chunk_loop(run: RunContext, *, model: WanDiT, sampler: Sampler, text: Te
 
 
 def make_decoder(run: RunContext, codec: Codec) -> Decoder:
-    return run.hook.longlive_make_decoder(codec=codec, run=run)
+    """The decoder role's answer for `codec` (on the run's device, where the latents are made)."""
+    return run.hook.longlive_make_decoder(codec=codec, device=run.device, run=run)
 
 
 @attrs.frozen
 class Rendered:
-    video: torch.Tensor  # [B, 3, T, H, W] in [-1, 1], on the CPU
-    latents: torch.Tensor  # [B, C, F, h, w]
     chunks: list[ChunkPrompt]  # the prompts actually used (a live source may have replaced some)
+    frames: int  # decoded pixel frames per video
+    video: torch.Tensor | None = None  # [B, 3, T, H, W] in [-1, 1] on the CPU, only with keep_video
+    latents: torch.Tensor | None = None  # [B, C, F, h, w], only with keep_latents
 
 
 def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch: int = 1,
-           image_latent: torch.Tensor | None = None, show_progress: bool = True) -> Rendered:
-    """Generate the chunks of `schedule` with a fresh cache and decoder."""
+           image_latent: torch.Tensor | None = None, show_progress: bool = True,
+           on_frames: Callable[[torch.Tensor], None] | None = None,
+           on_latents: Callable[[torch.Tensor], None] | None = None,
+           keep_video: bool = False, keep_latents: bool = False) -> Rendered:
+    """Generate the chunks of `schedule` with a fresh cache and decoder.
+
+    Decoded frames stream out as they are ready: `on_frames(frames)` gets each piece
+    [B, 3, t, H, W] (CPU, in [-1, 1]) in order, `on_latents(latents)` each chunk's latents. Nothing
+    is kept unless asked: `keep_video` / `keep_latents` for callers that need the whole video in
+    memory (evaluation, short clips). The decoder is closed however the loop ends.
+    """
     s = run.experiment.sampler
     loop = new_chunk_loop(run, model=parts.model, sampler=parts.sampler, text=parts.text, geometry=parts.geometry,
                           batch=batch, image_latent=image_latent)
-    decoder = make_decoder(run, parts.codec)
     shape = parts.geometry.latent_shape(s.frames_per_chunk, parts.latent_channels, batch)  # [B, C, f, h, w]
     chunks = progress(schedule, desc="chunks", unit="chunk") if show_progress else schedule
-    latents, used = [], []
+    video, latents, used, frames = [], [], [], 0
+
+    def deliver(pieces: list[torch.Tensor]) -> None:
+        nonlocal frames
+        for piece in pieces:  # [B, 3, t, H, W]
+            frames += piece.shape[2]
+            if on_frames is not None:
+                on_frames(piece)
+            if keep_video:
+                video.append(piece)
+
+    decoder = make_decoder(run, parts.codec)
     try:
         with torch.inference_mode():
             for chunk in chunks:
                 noise = chunk_noise(shape, chunk.index, run.experiment.run.seed, run.device, run.dtype)
                 x0 = loop.step(chunk, noise)
-                decoder.push(chunk.index, x0)
-                latents.append(x0)
                 used.append(loop.used_prompt(chunk))
-            return Rendered(decoder.finish(), torch.cat(latents, dim=2), used)
+                if on_latents is not None:  # before the decode: a failing decode still leaves the latents
+                    on_latents(x0)
+                if keep_latents:
+                    latents.append(x0)
+                decoder.push(chunk.index, x0)
+                deliver(decoder.ready())
+            deliver(decoder.flush())
     finally:
         decoder.close()
+    return Rendered(used, frames, video=torch.cat(video, dim=2) if keep_video else None,
+                    latents=torch.cat(latents, dim=2) if keep_latents else None)

@@ -105,7 +105,8 @@ class GenerateConfig:
     prompt: str | None = None  # one prompt for the whole video
     prompt_script: str | None = None  # a prompt script file (docs/prompt_scripts.md)
     image: str | None = None  # I2V: the first frame
-    save_latents: bool = False
+    save_latents: bool = False  # parts under latents/ (longlive/latent_sink.py)
+    latent_chunks_per_file: int = attrs.field(default=16, validator=in_range(1, MAX_COUNT))  # chunks per latents/ part
     fps: float = attrs.field(default=24.0, validator=in_range(1.0, 240.0))
     batch: int = attrs.field(default=1, validator=in_range(1, 64))
 

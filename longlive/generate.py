@@ -1,8 +1,12 @@
-"""The `generate` task: check the inputs, render the prompt schedule, write the outputs.
+"""The `generate` task: check the inputs, render the prompt schedule, stream the outputs.
 
 Inputs are checked before any weights load (prompt script, image size, frame counts, preset).
-Outputs, in the run directory: `video.mp4` (`video_<i>.mp4` for batch > 1), optionally
-`latents.safetensors`, TensorBoard scalars and a frame-strip preview.
+Outputs, in the run directory, written while the video is generated (host memory stays bounded
+for any length): `video.mp4` (`video_<i>.mp4` for batch > 1; `*.partial.mp4` until the run
+succeeds, and kept under that name when it fails: longlive/video_sink.py), optionally the
+latents as parts under `latents/` (longlive/latent_sink.py), TensorBoard scalars and a
+frame-strip preview sampled from the stream. Plugins see the frames through
+`longlive_frames_decoded`.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from longlive.assembly import build_parts, render
 from longlive.prompts import chunk_prompts, load_prompt_script, single_prompt
 
 if TYPE_CHECKING:
-    from longlive.assembly import Rendered
+    from pathlib import Path
+
     from longlive.config import SamplerConfig
     from longlive.run import RunContext
 
@@ -36,36 +41,73 @@ def generate_video(run: RunContext) -> dict:
     image_latent = None
     if image is not None:  # I2V: the image becomes latent frame 0 (a 1-frame encode)
         image_latent = parts.codec.encode(image[None, :, None].expand(g.batch, -1, -1, -1, -1).to(run.device, run.dtype))
+    outputs = GenerateOutputs(run)
     started = time.perf_counter()
-    rendered = render(run, parts, schedule, batch=g.batch, image_latent=image_latent)
-    return _write_outputs(run, rendered, time.perf_counter() - started)
+    try:
+        rendered = render(run, parts, schedule, batch=g.batch, image_latent=image_latent,
+                          on_frames=outputs.add_frames, on_latents=outputs.add_latents)
+        files = outputs.finish()
+    except BaseException:
+        outputs.abort()
+        raise
+    elapsed = time.perf_counter() - started
+    frames, fps = rendered.frames, rendered.frames / elapsed
+    run.log(0, {"generate/fps_end_to_end": fps, "generate/seconds": elapsed})
+    run.monitor.text("generate/prompts", "\n".join(f"chunk {c.index}: {c.prompt}" for c in rendered.chunks))
+    return {"frames": frames, "latent_frames": len(rendered.chunks) * s.frames_per_chunk, "seconds": elapsed,
+            "fps": fps, "files": files, "schedule": rendered.chunks,
+            "summary": f"generated {frames} frames ({frames / g.fps:.1f} s of video) in {elapsed:.1f} s"}
+
+
+class GenerateOutputs:
+    """Where the generate task's frames and latents go as they are made: the mp4 sink, the latent
+    parts, the TensorBoard preview and the `longlive_frames_decoded` hook."""
+
+    def __init__(self, run: RunContext) -> None:
+        from longlive.latent_sink import LatentSink
+        from longlive.monitor import PreviewFrames
+        from longlive.video_sink import VideoSink
+
+        g = run.experiment.generate
+        self.run, self.frames = run, 0
+        self.preview = PreviewFrames(run.geometry.pixel_frames(run.experiment.sampler.num_frames))
+        self.video = self.latents = None
+        if run.run_dir is not None:
+            names = ["video.mp4"] if g.batch == 1 else [f"video_{i}.mp4" for i in range(g.batch)]
+            self.video = VideoSink([run.run_dir / n for n in names], g.fps)
+            if g.save_latents:
+                self.latents = LatentSink(run.run_dir / "latents", chunks_per_file=g.latent_chunks_per_file)
+
+    def add_frames(self, frames: torch.Tensor) -> None:
+        """The next decoded piece [B, 3, t, H, W] in [-1, 1] (CPU)."""
+        if self.video is not None:
+            self.video.write(frames)
+        self.preview.add(frames[0])
+        self.run.hook.longlive_frames_decoded(frames=frames, first_frame=self.frames, run=self.run)
+        self.frames += frames.shape[2]
+
+    def add_latents(self, latents: torch.Tensor) -> None:
+        if self.latents is not None:
+            self.latents.write(latents)
+
+    def finish(self) -> list[str]:
+        """The video files under their final names; latents and preview written."""
+        if self.latents is not None:
+            self.latents.flush()
+        self.run.monitor.video_preview("generate/preview", self.preview.frames())
+        return [str(p) for p in self.video.finish()] if self.video is not None else []
+
+    def abort(self) -> list[Path]:
+        """After a failure: write the pending latents, close the videos under their partial names."""
+        if self.latents is not None:
+            try:
+                self.latents.flush()
+            except Exception:  # the run's own error is the one to report
+                log.warning("could not write the pending latents after the failure", exc_info=True)
+        return self.video.abort() if self.video is not None else []
 
 
 def _read_image(path: str, s: SamplerConfig) -> torch.Tensor:
     from longlive.media import read_image
 
     return read_image(path, height=s.height, width=s.width)
-
-
-def _write_outputs(run: RunContext, rendered: Rendered, elapsed: float) -> dict:
-    from longlive.media import to_uint8_frames, write_mp4
-    from longlive.model.checkpoint import save_safetensors_atomic
-
-    g = run.experiment.generate
-    video, latents = rendered.video, rendered.latents
-    frames = video.shape[2]
-    files = []
-    for i in range(video.shape[0]):
-        name = "video.mp4" if video.shape[0] == 1 else f"video_{i}.mp4"
-        if run.run_dir is not None:
-            files.append(str(write_mp4(run.run_dir / name, to_uint8_frames(video[i]), g.fps)))
-    if g.save_latents and run.run_dir is not None:
-        save_safetensors_atomic({"latents": latents}, run.run_dir / "latents.safetensors",
-                                metadata={"layout": "[B, C, F, H, W]"})
-    fps = frames / elapsed
-    run.log(0, {"generate/fps_end_to_end": fps, "generate/seconds": elapsed})
-    run.monitor.video_preview("generate/preview", video[0])
-    run.monitor.text("generate/prompts", "\n".join(f"chunk {c.index}: {c.prompt}" for c in rendered.chunks))
-    return {"frames": frames, "latent_frames": latents.shape[2], "seconds": elapsed, "fps": fps, "files": files,
-            "video": video, "schedule": rendered.chunks,
-            "summary": f"generated {frames} frames ({frames / g.fps:.1f} s of video) in {elapsed:.1f} s"}

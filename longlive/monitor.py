@@ -57,6 +57,31 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class PreviewFrames:
+    """Keeps only the frames `Monitor.video_preview` would pick from a video of `total_frames`
+    frames, from pieces that stream past in order: the preview of a long video costs
+    `max_frames` frames of memory, not the video."""
+
+    def __init__(self, total_frames: int, max_frames: int = 8) -> None:
+        import torch
+
+        count = min(max_frames, total_frames)
+        self.wanted = sorted(set(torch.linspace(0, total_frames - 1, count).round().long().tolist()))
+        self.kept: list[torch.Tensor] = []  # [3, 1, H, W] each
+        self._seen = 0
+
+    def add(self, video: torch.Tensor) -> None:
+        """The next frames [3, t, H, W] of the video."""
+        start, self._seen = self._seen, self._seen + video.shape[1]
+        self.kept += [video[:, i - start: i - start + 1].clone() for i in self.wanted if start <= i < self._seen]
+
+    def frames(self) -> torch.Tensor:
+        """The kept frames [3, n, H, W] (n <= max_frames)."""
+        import torch
+
+        return torch.cat(self.kept, dim=1) if self.kept else torch.empty(0)
+
+
 class Monitor:
     """TensorBoard writer of one run; a no-op when the run has no directory (tests, validate)."""
 

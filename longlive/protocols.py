@@ -41,14 +41,27 @@ class TextEncoder(Protocol):
 class Decoder(Protocol):
     """Turns each chunk's latents into frames, in chunk order (the `longlive_make_decoder` role).
 
-    `push(index, latents)` for chunks 0, 1, 2, ... (index 0 starts a new video); `finish()`
-    returns the whole video [B, 3, T, H, W] in [-1, 1] on the CPU; `close()` releases workers and
-    queues and is always called (also after an error), any number of times.
+    The main thread drives it (so whatever consumes the frames, e.g. the mp4 sink, stays
+    single-threaded) and an error in a worker surfaces at the main thread's next call:
+
+    - `push(index, latents)` for chunks 0, 1, 2, ... (index 0 starts a new video). `latents`
+      [B, C, f, h, w] are on the decoder's device; the caller must not modify them afterwards
+      (an async decoder holds them until it has decoded them). May block (back-pressure).
+    - `ready() -> list[frames]`: the chunks decoded since the last call, in order, each
+      [B, 3, t, H, W] float32 in [-1, 1] on the CPU; never blocks.
+    - `flush() -> list[frames]`: waits for every pushed chunk; returns the rest, in order.
+    - `close()`: releases workers, queues and device memory; always called (also after an
+      error), any number of times.
+
+    A worker's exception is raised (chained, with its traceback) by the next push/ready/flush.
+    The frames equal `codec.decode` of the whole latent video, bit for bit.
     """
 
     def push(self, index: int, latents: torch.Tensor) -> None: ...
 
-    def finish(self) -> torch.Tensor: ...
+    def ready(self) -> list[torch.Tensor]: ...
+
+    def flush(self) -> list[torch.Tensor]: ...
 
     def close(self) -> None: ...
 

@@ -121,18 +121,24 @@ def test_every_role_has_a_contract_test():
 
 @pytest.mark.parametrize("provider", _providers("longlive_make_decoder"))
 def test_decoder_decodes_chunks_in_order(provider):
+    """push / ready / flush give the chunks in order, equal bit for bit to the whole-video decode,
+    on the CPU; index 0 starts a new video; close is idempotent."""
     run = _run(provider)
     codec = run.codec_spec.build(run)
-    decoder, _ = _implementation(provider, "longlive_make_decoder", codec=codec)
+    decoder, _ = _implementation(provider, "longlive_make_decoder", codec=codec, device=run.device)
     assert isinstance(decoder, Decoder)
-    latents = torch.randn(1, 48, 6, 4, 4, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
     try:
         for _ in range(2):  # index 0 starts a new video
+            latents = torch.randn(1, 48, 6, 4, 4, generator=generator)
+            pieces = []
             for i, chunk in enumerate(latents.split(2, dim=2)):
                 decoder.push(i, chunk)
-            video = decoder.finish()
-            assert video.device.type == "cpu"
-            torch.testing.assert_close(video, codec.decode(latents).float(), rtol=0, atol=0)
+                pieces += decoder.ready()
+            pieces += decoder.flush()
+            assert decoder.flush() == [] and decoder.ready() == []
+            assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in pieces)
+            torch.testing.assert_close(torch.cat(pieces, dim=2), codec.decode(latents).float(), rtol=0, atol=0)
     finally:
         decoder.close()
     decoder.close()  # close twice is fine

@@ -27,12 +27,12 @@ def test_generate_writes_a_playable_mp4(tmp_path, name, latent_frames):
 def test_generation_is_reproducible_with_a_seed(tmp_path):
     args = ["run", str(EXPERIMENTS / "debug_generate.toml"), "--set", "generate.save_latents=true", "--run-dir"]
     assert main([*args, str(tmp_path / "a")]) == 0 and main([*args, str(tmp_path / "b")]) == 0
-    from safetensors.torch import load_file
+    from longlive.latent_sink import read_latents
 
-    a, b = (load_file(tmp_path / r / "latents.safetensors")["latents"] for r in "ab")
-    assert torch.isfinite(a).all() and torch.equal(a, b)
+    a, b = (read_latents(tmp_path / r / "latents") for r in "ab")
+    assert torch.isfinite(a).all() and torch.equal(a, b) and a.shape[2] == 8
     assert main([*args, str(tmp_path / "c"), "--set", "run.seed=1"]) == 0
-    assert not torch.equal(a, load_file(tmp_path / "c" / "latents.safetensors")["latents"])
+    assert not torch.equal(a, read_latents(tmp_path / "c" / "latents"))
 
 
 def test_i2v_first_frame_is_the_image(tmp_path):
@@ -43,12 +43,11 @@ def test_i2v_first_frame_is_the_image(tmp_path):
     exp = load_experiment(EXPERIMENTS / "debug_i2v.toml", ["generate.save_latents=true"])
     run = make_run(exp, run_dir=tmp_path)
     result = run_task(run)
-    from safetensors.torch import load_file
-
-    from longlive.media import read_image
     from longlive.core_components import build_debug_vae
+    from longlive.latent_sink import read_latents
+    from longlive.media import read_image
 
-    latents = load_file(tmp_path / "latents.safetensors")["latents"]
+    latents = read_latents(tmp_path / "latents")
     image = read_image(exp.generate.image, height=64, width=64)
     expected = build_debug_vae(run).encode(image[None, :, None])
     torch.testing.assert_close(latents[:, :, :1], expected, atol=1e-5, rtol=1e-5)

@@ -149,13 +149,14 @@ def longlive_make_kv_policy(spec: CacheSpec, run: RunContext) -> CachePolicy | N
 
 
 @hookspec(firstresult=True)
-def longlive_make_decoder(codec: Codec, run: RunContext) -> Decoder | None:
-    """Role: the latent decoder (`Decoder`, protocols.py) of `codec`: `push(index, latents)` per
-    chunk in order, `finish() -> video`, `close()` (always called, also after an error).
+def longlive_make_decoder(codec: Codec, device: torch.device, run: RunContext) -> Decoder | None:
+    """Role: the latent decoder (`Decoder`, protocols.py) of `codec`, whose weights and the
+    chunks' latents are on `device`: `push(index, latents)` per chunk in order, `ready()` and
+    `flush()` return decoded frames in order (CPU), `close()` (always called, also after an error).
 
-    When: before each generated video. An async decoder works on another stream, device or
-    thread with a bounded queue, and re-raises a worker's error at the next push or finish.
-    The core's default: SyncDecoder.
+    When: before each generated video (generation, held-out and training evaluation). An async
+    decoder works on another thread, stream or device with a bounded queue, and re-raises a
+    worker's error at the main thread's next call. The core's default: SyncDecoder.
     """
 
 
@@ -205,6 +206,17 @@ def longlive_chunk_done(index: int, latents: torch.Tensor, state: GenerationStat
 
     When: after the commit, before the latents go to the decoder. Queue work and return at once:
     the next chunk is waiting.
+    """
+
+
+@hookspec
+def longlive_frames_decoded(frames: torch.Tensor, first_frame: int, run: RunContext) -> None:
+    """The generate task has written decoded frames to its video: `frames` [B, 3, t, H, W] float
+    in [-1, 1] on the CPU, read-only; `first_frame` is the video frame index of `frames[:, :, 0]`.
+
+    When: for every decoded piece, in order, right after the mp4 sink encoded it. The task keeps
+    no video in memory: a plugin that needs frames later (a metric) keeps what it needs here, and
+    host memory stays bounded only while every implementation keeps a bounded part.
     """
 
 

@@ -49,7 +49,7 @@ def generate_eval_video(run: RunContext, model: WanDiT, codec: Codec, text_encod
 
     parts = Parts(model=model, codec=codec, text=text_encoder, sampler=build_sampler(run), geometry=run.geometry,
                   latent_channels=run.codec_spec.latent_channels)
-    return render(run, parts, chunks, show_progress=False).video[0].float().cpu()
+    return render(run, parts, chunks, show_progress=False, keep_video=True).video[0].float().cpu()
 
 
 def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:

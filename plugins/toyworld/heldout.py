@@ -55,7 +55,7 @@ def evaluate_heldout(run: RunContext, config: ToyWorldConfig) -> dict:
                                 frames_per_chunk=s.frames_per_chunk, stride=config.temporal_factor,
                                 shots=config.eval_shots, size=config.size, fps=config.fps)
         schedule = chunk_prompts(script, num_frames=s.num_frames, frames_per_chunk=s.frames_per_chunk)
-        rendered = render(run, parts, schedule, show_progress=False)
+        rendered = render(run, parts, schedule, show_progress=False, keep_video=True)
         video, used = rendered.video, rendered.chunks
         prompts = pixel_schedule(used, frames_per_chunk=s.frames_per_chunk, temporal_stride=config.temporal_factor)
         scores = score_video(video[0], fps=config.fps, schedule=prompts, segment_s=config.segment_s)

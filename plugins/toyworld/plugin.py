@@ -92,6 +92,7 @@ class ToyWorld:
 
     def __init__(self, config: ToyWorldConfig) -> None:
         self.config = config
+        self._frames: list = []  # the generated video's frames [3, t, H, W], kept for ToyBench at run end
 
     @hookimpl
     def longlive_register_components(self, registry) -> None:
@@ -167,17 +168,30 @@ class ToyWorld:
 
         return evaluate_heldout(run, self.config)
 
+    def _scoring(self, run) -> bool:
+        return run.experiment.run.task == "generate" and self.config.score
+
+    @hookimpl
+    def longlive_frames_decoded(self, frames, run) -> None:
+        # ToyBench reads the whole video (segments, switches): the float frames of video 0 are kept,
+        # as the task used to keep them, so the scores are those of the decoder's output (not the mp4's)
+        if self._scoring(run):
+            self._frames.append(frames[0].clone())  # not a view that would keep the whole batch
+
     @hookimpl
     def longlive_run_end(self, run: RunContext, result: dict) -> None:
-        if run.experiment.run.task != "generate" or not self.config.score or "video" not in result:
+        frames, self._frames = self._frames, []
+        if not self._scoring(run) or not frames or "schedule" not in result:
             return
+        import torch
+
         from longlive_plugins.toyworld.toybench import plot, score_video
 
         from longlive.prompts import pixel_schedule
 
         schedule = pixel_schedule(result["schedule"], frames_per_chunk=run.experiment.sampler.frames_per_chunk,
                                   temporal_stride=self.config.temporal_factor)
-        scores = score_video(result["video"][0], fps=run.experiment.generate.fps, schedule=schedule,
+        scores = score_video(torch.cat(frames, dim=1), fps=run.experiment.generate.fps, schedule=schedule,
                              segment_s=self.config.segment_s)
         result["toybench"] = scores.to_dict()
         result["summary"] = f"{result.get('summary', '')}\nToyBench\n{scores.format_table()}".strip()

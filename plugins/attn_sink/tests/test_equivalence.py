@@ -124,9 +124,8 @@ def test_identity_generation_equals_the_core(tmp_path):
     """attn_sink at its neutral setting generates exactly what the core's plain window generates."""
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
     from longlive.cli import main
+    from longlive.latent_sink import read_latents
 
     experiment = Path(__file__).parents[3] / "experiments" / "debug_generate.toml"
     base = ["run", str(experiment), "--set", "generate.save_latents=true", "--set", "sampler.num_frames=12",
@@ -137,8 +136,7 @@ def test_identity_generation_equals_the_core(tmp_path):
              "--set", "plugins.attn_sink.shot_sink_frames=2"]
     for name, extra in (("core", []), ("neutral", neutral), ("sinks", sinks)):
         assert main([*base, *extra, "--run-dir", str(tmp_path / name)]) == 0
-    core, neutral_, sinks_ = (load_file(tmp_path / n / "latents.safetensors")["latents"]
-                              for n in ("core", "neutral", "sinks"))
+    core, neutral_, sinks_ = (read_latents(tmp_path / n / "latents") for n in ("core", "neutral", "sinks"))
     assert torch.equal(core, neutral_)
     assert not torch.allclose(core, sinks_)  # the sinks do change what is generated
     assert "sink_frames = 0" in (tmp_path / "neutral" / "experiment.toml").read_text()

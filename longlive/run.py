@@ -16,7 +16,7 @@ import torch
 from longlive.components import ComponentRegistry
 from longlive.config import Experiment, dumps_toml, experiment_to_table
 from longlive.errors import ConfigError
-from longlive.monitor import Monitor
+from longlive.monitor import Monitor, log_run_hparams
 from longlive.registry.manager import build_plugin_manager, installed_plugins
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ def run_task(run: RunContext) -> dict:
     if run.run_dir is not None:
         write_run_record(run)  # the task may have structured its own table meanwhile
         record = {k: v for k, v in result.items() if _is_plain(v)}
+        log_run_hparams(run.monitor, experiment_to_table(run.experiment, run.plugin_configs, run.task_config), record)
         _write_atomic(run.run_dir / "result.json", json.dumps(record, indent=2) + "\n")
     return result
 

@@ -39,8 +39,9 @@ def run_sweep(path: Path, *, overrides: list[str], sweep_dir: Path | None, jobs:
     write_text_atomic(sweep.sweep_dir / "sweep.toml", sweep.source.read_text(encoding="utf-8"))
     try:
         statuses.update(execute(sweep, todo, jobs=jobs))
-    except KeyboardInterrupt:
-        write_tables(sweep, statuses, command=command, shared_machine=shared_machine, jobs=jobs)  # what finished
+    except KeyboardInterrupt:  # tabulate what finished before the interrupt
+        statuses = {p.label: run_status(sweep, p) for p in sweep.runs}
+        write_tables(sweep, statuses, command=command, shared_machine=shared_machine, jobs=jobs)
         raise
     text = write_tables(sweep, statuses, command=command, shared_machine=shared_machine, jobs=jobs)
     unfinished = [label for label, status in statuses.items() if status != "finished"]

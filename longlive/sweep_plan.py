@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -109,7 +109,7 @@ class Sweep:
     axes: tuple[str, ...]  # axis names (product sweeps), the table's level columns
 
 
-def load_sweep(path: str | Path, overrides: list[str] = (), sweep_dir: Path | None = None) -> Sweep:
+def load_sweep(path: str | Path, overrides: Sequence[str] = (), sweep_dir: Path | None = None) -> Sweep:
     """Read the sweep file, plan every run and validate each one as `longlive validate` would."""
     path = Path(path)
     if not path.is_file():
@@ -179,7 +179,7 @@ def _structure_sweep_file(table: dict) -> SweepFile:
         _check_names(f"{where}.levels", [level.name for level in _axis_levels(axis)])
     for item in (*spec.variants, *(level for axis in spec.axes for level in axis.levels)):
         for override in item.set:
-            _check_override(override, f"variant {item.name!r}: set", seeds=spec.sweep.seeds)
+            _check_override(override, f"variant {item.name!r}: set", seeds=(0,))  # a variant never sets the seed
     if len(set(spec.sweep.seeds)) != len(spec.sweep.seeds):
         raise ConfigError(f"sweep.seeds: lists a seed twice: {list(spec.sweep.seeds)}")
     if any(s < 0 for s in spec.sweep.seeds):
@@ -204,7 +204,7 @@ def _check_override(item: str, where: str, *, seeds: tuple[int, ...]) -> None:
     if key == "run.plugins":
         raise ConfigError(f"{where}: {item!r}: change plugins with add_plugins / remove_plugins, not run.plugins")
     if key == "run.seed" and seeds:
-        raise ConfigError(f"{where}: {item!r}: the seeds come from sweep.seeds; remove this override")
+        raise ConfigError(f"{where}: {item!r}: the seeds come from sweep.seeds = [...]; remove this override")
 
 
 def _axis_levels(axis: AxisSpec) -> tuple[LevelSpec, ...]:

@@ -90,18 +90,16 @@ def aggregate(sweep: Sweep, statuses: dict[str, str], numbers: dict[str, dict[st
     return rows
 
 
-def format_number(x: float) -> str:
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+def _decimals(x: float) -> int:
+    return 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 3
 
 
 def format_stat(stat: Stat | None) -> str:
+    """`mean` or `mean ± std`, both to the decimals the mean's size calls for."""
     if stat is None:
         return "n/a"
-    if stat.std is None:
-        return format_number(stat.mean)
-    return f"{format_number(stat.mean)} ± {format_number(stat.std)}"
+    d = _decimals(stat.mean)
+    return f"{stat.mean:.{d}f}" if stat.std is None else f"{stat.mean:.{d}f} ± {stat.std:.{d}f}"
 
 
 def _seeds_cell(row: VariantRow) -> str:
@@ -143,9 +141,9 @@ def notes(sweep: Sweep, rows: list[VariantRow], metrics: list[str], *, shared_ma
     if any(m in sweep.settings.time_metrics for m in metrics):
         cores = os.cpu_count()
         if shared_machine:
-            out.append(f"- † wall-clock, measured on a shared machine ({cores} CPU cores; other processes, up to "
-                       f"{jobs} runs of this sweep among them, ran at the same time): load moves it, so it is not a "
-                       f"speed measurement.")
+            own = f"; this sweep ran {jobs} runs at a time" if jobs > 1 else ""
+            out.append(f"- † wall-clock, measured on a shared machine ({cores} CPU cores; other processes ran at the "
+                       f"same time{own}): load moves it, so it is not a speed measurement.")
         else:
             out.append(f"- † wall-clock, measured one run at a time with nothing else running ({cores} CPU cores).")
     failed = [f"{r.variant}/seed{s}" for r in rows for s in r.failed]

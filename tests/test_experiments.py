@@ -8,7 +8,8 @@ import pytest
 from longlive.config import load_experiment
 from longlive.run import make_run
 
-EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").rglob("*.toml"))
+ROOT = Path(__file__).parents[1] / "experiments"
+EXPERIMENTS = sorted(p for p in ROOT.rglob("*.toml") if p.parent != ROOT / "sweeps")  # sweeps: tests/test_sweep.py
 
 
 def test_there_are_experiments():

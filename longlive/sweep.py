@@ -5,7 +5,6 @@ the format in docs/sweeps.md.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 
 from longlive.errors import ConfigError
 from longlive.sweep_plan import (FAILURE_RECORD, RESULT, VARIANT_RECORD, PlannedRun, Sweep, load_sweep,
-                                 write_json_atomic, write_text_atomic)
+                                 read_json, write_json_atomic, write_text_atomic)
 from longlive.sweep_report import write_tables
 
 log = logging.getLogger(__name__)
@@ -38,12 +37,12 @@ def run_sweep(path: Path, *, overrides: list[str], sweep_dir: Path | None, jobs:
              len(sweep.runs), len(sweep.runs) - len(todo), len(todo), jobs, sweep.sweep_dir)
     write_text_atomic(sweep.sweep_dir / "sweep.toml", sweep.source.read_text(encoding="utf-8"))
     try:
-        statuses.update(execute(sweep, todo, jobs=jobs))
+        statuses.update(execute(sweep, todo, jobs=jobs, shared_machine=shared_machine))
     except KeyboardInterrupt:  # tabulate what finished before the interrupt
         statuses = {p.label: run_status(sweep, p) for p in sweep.runs}
-        write_tables(sweep, statuses, command=command, shared_machine=shared_machine, jobs=jobs)
+        write_tables(sweep, statuses, command=command)
         raise
-    text = write_tables(sweep, statuses, command=command, shared_machine=shared_machine, jobs=jobs)
+    text = write_tables(sweep, statuses, command=command)
     unfinished = [label for label, status in statuses.items() if status != "finished"]
     footer = (f"\nall {len(statuses)} runs finished" if not unfinished else
               f"\n{len(unfinished)} of {len(statuses)} runs failed: {', '.join(unfinished)}; run the command again "
@@ -66,8 +65,10 @@ def format_plan(sweep: Sweep, statuses: dict[str, str]) -> str:
 def run_status(sweep: Sweep, planned: PlannedRun) -> str:
     """finished | failed (last attempt failed) | pending; a finished run of another definition is an error."""
     if (planned.run_dir / RESULT).is_file():
-        recorded = _read_json(planned.run_dir / VARIANT_RECORD)
-        if recorded != planned.record(sweep.base):
+        recorded = read_json(planned.run_dir / VARIANT_RECORD) or {}
+        definition = planned.record(sweep.base)
+        recorded = {k: v for k, v in recorded.items() if k in definition}
+        if recorded != definition:
             raise ConfigError(f"sweep dir {planned.run_dir} holds a finished run of another definition "
                               f"(recorded {recorded}); delete that folder, or give the sweep another "
                               f"sweep.name or --sweep-dir")
@@ -75,8 +76,12 @@ def run_status(sweep: Sweep, planned: PlannedRun) -> str:
     return "failed" if (planned.run_dir / FAILURE_RECORD).is_file() else "pending"
 
 
-def execute(sweep: Sweep, todo: list[PlannedRun], *, jobs: int, poll_s: float = 0.2) -> dict[str, str]:
-    """Run `todo` as subprocesses, at most `jobs` at a time; returns label -> finished | failed."""
+def execute(sweep: Sweep, todo: list[PlannedRun], *, jobs: int, shared_machine: bool = True,
+            poll_s: float = 0.2) -> dict[str, str]:
+    """Run `todo` as subprocesses, at most `jobs` at a time; returns label -> finished | failed.
+
+    Each run records its definition, and how it ran (`jobs`, `shared_machine`) for the table's notes.
+    """
     outcome: dict[str, str] = {}
     queue = list(todo)
     active: list[tuple[PlannedRun, subprocess.Popen, Any, float]] = []
@@ -84,7 +89,7 @@ def execute(sweep: Sweep, todo: list[PlannedRun], *, jobs: int, poll_s: float = 
         while queue or active:
             while queue and len(active) < jobs:
                 planned = queue.pop(0)
-                active.append(_start(sweep, planned))
+                active.append(_start(sweep, planned, {"jobs": jobs, "shared_machine": shared_machine}))
                 log.info("sweep: started %s (%d running, %d waiting)", planned.label, len(active), len(queue))
             time.sleep(poll_s)
             for item in [a for a in active if a[1].poll() is not None]:
@@ -105,11 +110,11 @@ def execute(sweep: Sweep, todo: list[PlannedRun], *, jobs: int, poll_s: float = 
     return outcome
 
 
-def _start(sweep: Sweep, planned: PlannedRun) -> tuple[PlannedRun, subprocess.Popen, Any, float]:
+def _start(sweep: Sweep, planned: PlannedRun, how: dict) -> tuple[PlannedRun, subprocess.Popen, Any, float]:
     if planned.run_dir.exists():  # an unfinished or failed earlier attempt: start clean
         shutil.rmtree(planned.run_dir)
     planned.run_dir.mkdir(parents=True)
-    write_json_atomic(planned.run_dir / VARIANT_RECORD, planned.record(sweep.base))
+    write_json_atomic(planned.run_dir / VARIANT_RECORD, {**planned.record(sweep.base), **how})
     command = [sys.executable, "-m", "longlive", "run", str(sweep.base), "--run-dir", str(planned.run_dir)]
     for item in planned.overrides:
         command += ["--set", item]
@@ -128,10 +133,3 @@ def _finish(planned: PlannedRun, returncode: int, seconds: float) -> str:
     log.warning("sweep: %s failed (exit code %d): %s (full output: %s)", planned.label, returncode,
                 tail[-1] if tail else "no output", planned.run_dir / "sweep_output.txt")
     return "failed"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None

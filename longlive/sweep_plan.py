@@ -22,7 +22,7 @@ import attrs
 
 from longlive.config import load_experiment
 from longlive.errors import ConfigError
-from longlive.structure import structure
+from longlive.structure import nearest, structure
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,7 +127,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = (), sweep_dir: Path 
     common = [*settings.set, *overrides]
     for item in common:
         _check_override(item, "sweep.set / --set", seeds=settings.seeds)
-    base_exp = load_experiment(base, common)
+    try:
+        base_exp = load_experiment(base, common)
+    except ConfigError as e:
+        raise ConfigError(f"sweep.base {settings.base!r} (with sweep.set and --set): {e}") from None
     levels = _variant_levels(spec)
     sweep_dir = sweep_dir or Path(settings.output_dir) / settings.name
     seeds = settings.seeds or (base_exp.run.seed,)
@@ -150,8 +153,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = (), sweep_dir: Path 
 
 
 def _structure_sweep_file(table: dict) -> SweepFile:
-    from longlive.structure import nearest
-
     for key in table:
         if key not in _TABLES:
             raise ConfigError(f"{key}: unknown table{nearest(key, _TABLES)}; valid tables: [sweep], [[axes]], "
@@ -272,3 +273,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable (a record of an interrupted write)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

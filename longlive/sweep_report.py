@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from longlive.monitor import Monitor, numeric_leaves
-from longlive.sweep_plan import RESULT, write_text_atomic
+from longlive.sweep_plan import RESULT, VARIANT_RECORD, read_json, write_text_atomic
 
 if TYPE_CHECKING:
     from longlive.sweep_plan import PlannedRun, Sweep
@@ -130,7 +130,7 @@ def variants_table(rows: list[VariantRow]) -> list[str]:
     return lines
 
 
-def notes(sweep: Sweep, rows: list[VariantRow], metrics: list[str], *, shared_machine: bool, jobs: int) -> list[str]:
+def notes(sweep: Sweep, rows: list[VariantRow], metrics: list[str]) -> list[str]:
     out = []
     seeds = max(len(r.seeds) for r in rows)
     if seeds > 1:
@@ -140,7 +140,9 @@ def notes(sweep: Sweep, rows: list[VariantRow], metrics: list[str], *, shared_ma
         out.append("- One seed per variant: differences of the size of the seed-to-seed spread are not results.")
     if any(m in sweep.settings.time_metrics for m in metrics):
         cores = os.cpu_count()
-        if shared_machine:
+        how = [read_json(p.run_dir / VARIANT_RECORD) or {} for p in sweep.runs if (p.run_dir / RESULT).is_file()]
+        jobs = max((h.get("jobs", 1) for h in how), default=1)
+        if any(h.get("shared_machine", True) for h in how):
             own = f"; this sweep ran {jobs} runs at a time" if jobs > 1 else ""
             out.append(f"- † wall-clock, measured on a shared machine ({cores} CPU cores; other processes ran at the "
                        f"same time{own}): load moves it, so it is not a speed measurement.")
@@ -192,7 +194,7 @@ def write_hparams(sweep: Sweep, numbers: dict[str, dict[str, float]], metrics: l
     return root
 
 
-def write_tables(sweep: Sweep, statuses: dict[str, str], *, command: str, shared_machine: bool, jobs: int) -> str:
+def write_tables(sweep: Sweep, statuses: dict[str, str], *, command: str) -> str:
     """Write results.md, results.csv, runs.csv and the hparams view; the report too once every run finished.
 
     Returns the markdown table and its notes (what the command prints).
@@ -200,8 +202,7 @@ def write_tables(sweep: Sweep, statuses: dict[str, str], *, command: str, shared
     numbers = collect(sweep, statuses)
     metrics = metric_names(sweep, numbers)
     rows = aggregate(sweep, statuses, numbers, metrics)
-    table = results_table(sweep, rows, metrics) + [""] + notes(sweep, rows, metrics, shared_machine=shared_machine,
-                                                               jobs=jobs)
+    table = results_table(sweep, rows, metrics) + [""] + notes(sweep, rows, metrics)
     text = "\n".join(table) + "\n"
     write_text_atomic(sweep.sweep_dir / "results.md", _document(sweep, rows, table, command, numbers))
     write_csvs(sweep, rows, statuses, numbers, metrics)

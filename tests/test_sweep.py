@@ -135,7 +135,8 @@ def test_table_of_finished_runs_mean_and_spread(tmp_path):
     values = {"a": [0.5, 0.7, 0.6], "b": [1.0, 1.0, 1.0]}
     for planned in sweep.runs:
         planned.run_dir.mkdir(parents=True)
-        (planned.run_dir / "sweep_variant.json").write_text(json.dumps(planned.record(sweep.base)))
+        how = {"jobs": 2, "shared_machine": True}  # how the run ran: not part of its definition
+        (planned.run_dir / "sweep_variant.json").write_text(json.dumps({**planned.record(sweep.base), **how}))
         value = values[planned.variant][planned.seed]
         (planned.run_dir / "result.json").write_text(json.dumps(
             {"frames": 8, "seconds": 10.0 + planned.seed, "toybench": {"overall": {"background": value}}}))
@@ -144,7 +145,7 @@ def test_table_of_finished_runs_mean_and_spread(tmp_path):
     assert code == 0
     assert "| variant | seeds | toybench.overall.background | frames | seconds † |" in text
     assert "| a | 3/3 | 0.600 ± 0.100 | 8.000 ± 0.000 | 11.0 ± 1.0 |" in text
-    assert "| b | 3/3 | 1.000 ± 0.000 |" in text and "shared machine" in text
+    assert "| b | 3/3 | 1.000 ± 0.000 |" in text and "shared machine" in text and "ran 2 runs at a time" in text
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     assert rows[0]["variant"] == "a" and float(rows[0]["toybench.overall.background"]) == pytest.approx(0.6)
     assert float(rows[0]["toybench.overall.background_std"]) == pytest.approx(0.1)
@@ -225,3 +226,16 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     assert main(["sweep", str(path), "--sweep-dir", str(out)]) == 0
     assert first.stat().st_mtime_ns == mtime and (out / "only" / "seed1" / "result.json").is_file()
     assert "| only | 2/2 |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "sampler.stepz=2"], 'sweep.base '),
+    (["--jobs", "0"], "--jobs: 0 is not a number of parallel runs"),
+    (["--jobs", "2", "--dedicated"], "use --jobs 1 with --dedicated"),
+])
+def test_bad_command_line_is_a_one_line_error(tmp_path, capsys, args, message):
+    path = tiny_sweep(tmp_path, "\n[[variants]]\nname = \"a\"\n")
+    assert main(["sweep", str(path), "--sweep-dir", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

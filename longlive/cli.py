@@ -126,14 +126,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
+    import signal
 
     from longlive.sweep import run_sweep
+
+    def stop(signum: int, frame: object) -> None:  # `kill` stops the runs it started, as Ctrl-C does
+        raise KeyboardInterrupt
 
     command = " ".join(["python -m longlive sweep", shlex.quote(str(args.sweep)),
                         *(f"--set {shlex.quote(item)}" for item in args.overrides),
                         *(["--dedicated"] if args.dedicated else [])])
-    code, text = run_sweep(args.sweep, overrides=args.overrides, sweep_dir=args.sweep_dir, jobs=args.jobs,
-                           dry_run=args.dry_run, shared_machine=not args.dedicated, command=command)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        code, text = run_sweep(args.sweep, overrides=args.overrides, sweep_dir=args.sweep_dir, jobs=args.jobs,
+                               dry_run=args.dry_run, shared_machine=not args.dedicated, command=command)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(text, end="")
     return code
 

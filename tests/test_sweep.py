@@ -205,7 +205,8 @@ set = ['model.checkpoint="{flaky}"']
 
 
 def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
-    """SIGINT while the second run is going: it is stopped and left unfinished; the next call runs only it."""
+    """`kill` (SIGTERM; Ctrl-C takes the same path) while the second run is going: the sweep stops it and
+    tabulates what finished; the next call runs only the unfinished run."""
     path = tiny_sweep(tmp_path, "\n[[variants]]\nname = \"only\"\n")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "longlive", "sweep", str(path), "--sweep-dir", str(out)]
@@ -217,7 +218,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     assert first.exists(), proc.communicate()
     while not (out / "only" / "seed1" / "sweep_output.txt").exists():
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped only/seed1" in err
     assert not (out / "only" / "seed1" / "result.json").exists()

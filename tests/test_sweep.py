@@ -240,3 +240,8 @@ def test_bad_command_line_is_a_one_line_error(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_running_a_sweep_file_as_an_experiment_says_what_it_is(capsys):
+    assert main(["run", str(SWEEPS[0])]) == 2
+    assert "this is a sweep file, not an experiment; run it with python -m longlive sweep" in capsys.readouterr().err

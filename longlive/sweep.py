@@ -60,8 +60,6 @@ def format_plan(sweep: Sweep, statuses: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def run_status(sweep: Sweep, planned: PlannedRun) -> str:
     """finished | failed (last attempt failed) | pending; a finished run of another definition is an error."""
     if (planned.run_dir / RESULT).is_file():

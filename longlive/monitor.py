@@ -57,13 +57,16 @@ class Monitor:
         """One hparams session (TensorBoard's HParams tab): `hparams` flat scalars, `metrics` flat numbers.
 
         Each metric is also logged as the scalar `result/<name>`, which the HParams tab reads its values from.
+        Only the session is written, no experiment summary: TensorBoard then builds the HParams table from
+        every session under its logdir (it would take the columns of one arbitrary experiment summary).
         """
         if self.writer is None:
             return
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         metric_tags = {f"result/{name}": float(value) for name, value in metrics.items()}
-        for summary in hparams_summaries(_hparam_values(hparams), metric_tags):
+        _, session_start, session_end = hparams_summaries(_hparam_values(hparams), metric_tags)
+        for summary in (session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metric_tags.items():
             self.writer.add_scalar(tag, value, 0)

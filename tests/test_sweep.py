@@ -42,15 +42,20 @@ report = "report.md"
     return path
 
 
-def hparams_event_plugins(folder: Path) -> set[str]:
-    """Names of the TensorBoard plugins with summaries in the event files under `folder`."""
+def event_tags(folder: Path) -> dict[str, str]:
+    """Summary tag -> TensorBoard plugin name, over the event files under `folder`."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    names = set()
+    tags = {}
     for path in folder.rglob("events.out.tfevents.*"):
         for event in EventFileLoader(str(path)).Load():
-            names.update(v.metadata.plugin_data.plugin_name for v in event.summary.value)
-    return names
+            tags.update((v.tag, v.metadata.plugin_data.plugin_name) for v in event.summary.value)
+    return tags
+
+
+def hparams_event_plugins(folder: Path) -> set[str]:
+    """Names of the TensorBoard plugins with summaries in the event files under `folder`."""
+    return set(event_tags(folder).values())
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
@@ -163,7 +168,9 @@ def test_monitor_hparams_writes_an_hparams_session(tmp_path):
     monitor = Monitor(tmp_path / "tb")
     monitor.hparams({"sampler.steps": 4, "run.plugins": ("toyworld", "attn_sink"), "flag": True}, {"fps": 2.5})
     monitor.close()
-    assert {"hparams", "scalars"} <= hparams_event_plugins(tmp_path / "tb")
+    tags = event_tags(tmp_path / "tb")
+    assert tags["_hparams_/session_start_info"] == "hparams" and tags["_hparams_/session_end_info"] == "hparams"
+    assert tags["result/fps"] == "scalars" and "_hparams_/experiment" not in tags  # TensorBoard unions sessions
 
 
 def test_tiny_sweep_fails_once_resumes_and_gets_the_full_table(tmp_path, capsys):

@@ -56,7 +56,7 @@ def format_plan(sweep: Sweep, statuses: dict[str, str]) -> str:
              f"all valid; sweep dir {sweep.sweep_dir}"]
     width = max(len(p.label) for p in sweep.runs)
     for p in sweep.runs:
-        lines.append(f"  {p.label:<{width}}  {statuses[p.label]:<8}  {p.changes}")
+        lines.append(f"  {p.label:<{width}}  {statuses[p.label]:<8}  {p.changes or 'the base'}")
     return "\n".join(lines) + "\n"
 
 

@@ -250,7 +250,7 @@ def _describe_changes(chosen: tuple[tuple[str, LevelSpec], ...]) -> str:
     parts = []
     for _, level in chosen:
         parts += [f"+{p}" for p in level.add_plugins] + [f"-{p}" for p in level.remove_plugins] + list(level.set)
-    return ", ".join(parts) or "the base"
+    return ", ".join(parts)
 
 
 def validate_runs(sweep: Sweep) -> None:

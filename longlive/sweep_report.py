@@ -125,8 +125,8 @@ def variants_table(rows: list[VariantRow]) -> list[str]:
     lines = ["| variant | changes from the base |" + (" what |" if with_notes else ""),
              "|---|---|" + ("---|" if with_notes else "")]
     for row in rows:
-        changes = row.changes.replace("|", "\\|")
-        lines.append(f"| {row.variant} | `{changes}` |" + (f" {row.note} |" if with_notes else ""))
+        changes = f"`{row.changes}`".replace("|", "\\|") if row.changes else "none: the base"
+        lines.append(f"| {row.variant} | {changes} |" + (f" {row.note} |" if with_notes else ""))
     return lines
 
 
@@ -137,7 +137,8 @@ def notes(sweep: Sweep, rows: list[VariantRow], metrics: list[str]) -> list[str]
         out.append(f"- `mean ± spread` over seeds: the spread is the sample standard deviation over the finished "
                    f"seeds (the `seeds` column: finished / planned); one seed shows the value alone.")
     else:
-        out.append("- One seed per variant: differences of the size of the seed-to-seed spread are not results.")
+        out.append("- One seed per variant: the seed-to-seed spread is not measured here, so small differences "
+                   "may be noise; add seeds (sweep.seeds) to see it.")
     if any(m in sweep.settings.time_metrics for m in metrics):
         cores = os.cpu_count()
         how = [read_json(p.run_dir / VARIANT_RECORD) or {} for p in sweep.runs if (p.run_dir / RESULT).is_file()]

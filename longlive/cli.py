@@ -1,4 +1,4 @@
-"""Command line: `python -m longlive run | validate | plugins`.
+"""Command line: `python -m longlive run | validate | sweep | plugins`.
 
 Exit codes: 0 ok, 2 bad input (ConfigError: one line, no traceback), 1 runtime failure.
 This module and longlive/distributed.py are the only places that read environment variables.
@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one value before validating (repeatable)")
 
+    sweep = sub.add_parser("sweep", help="run the variants of a sweep file and tabulate their results",
+                           description="Validate every variant of a sweep file, run the unfinished ones (each an "
+                           "ordinary run in <sweep dir>/<variant>/seed<N>/) and write results.md, results.csv and a "
+                           "TensorBoard hparams view (docs/sweeps.md).")
+    sweep.add_argument("sweep", type=Path, help="the sweep TOML file")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one value of every variant (repeatable)")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at a time, each its own process (default 1)")
+    sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+    sweep.add_argument("--sweep-dir", type=Path, default=None, help="instead of <sweep.output_dir>/<sweep.name>")
+    sweep.add_argument("--dedicated", action="store_true",
+                       help="nothing else runs on this machine: wall times are not marked as shared (needs --jobs 1)")
+
     sub.add_parser("plugins", help="list installed plugins, their hooks and config keys",
                    description="List every plugin of the longlive.plugins entry-point group.")
     return parser
@@ -61,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _configure_console_logging(logging.DEBUG if args.verbose else
-                               logging.INFO if args.command == "run" else logging.WARNING)
+                               logging.INFO if args.command in ("run", "sweep") else logging.WARNING)
     try:
         if args.command == "run":
             return _cmd_run(args)
         if args.command == "validate":
             return _cmd_validate(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         return _cmd_plugins()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -114,6 +129,28 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         check_experiment(load_experiment(path, args.overrides))
         print(f"ok: {path}")
     return EXIT_OK
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+    import signal
+
+    from longlive.sweep import run_sweep
+
+    def stop(signum: int, frame: object) -> None:  # `kill` stops the runs it started, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    command = " ".join(["python -m longlive sweep", shlex.quote(str(args.sweep)),
+                        *(f"--set {shlex.quote(item)}" for item in args.overrides),
+                        *(["--dedicated"] if args.dedicated else [])])
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        code, text = run_sweep(args.sweep, overrides=args.overrides, sweep_dir=args.sweep_dir, jobs=args.jobs,
+                               dry_run=args.dry_run, shared_machine=not args.dedicated, command=command)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(text, end="")
+    return code
 
 
 def _cmd_plugins() -> int:

@@ -219,6 +219,8 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
     """Validate a parsed TOML table (after overrides) into an Experiment."""
     from longlive.structure import nearest
 
+    if "sweep" in table:
+        raise ConfigError("sweep: this is a sweep file, not an experiment; run it with python -m longlive sweep FILE")
     for key in table:
         if key not in _SECTIONS:
             raise ConfigError(f"{key}: unknown table{nearest(key, _SECTIONS)}; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +119,63 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """One hparams session (TensorBoard's HParams tab): `hparams` flat scalars, `metrics` flat numbers.
+
+        Each metric is also logged as the scalar `result/<name>`, which the HParams tab reads its values from.
+        Only the session is written, no experiment summary: TensorBoard then builds the HParams table from
+        every session under its logdir (it would take the columns of one arbitrary experiment summary).
+        """
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        metric_tags = {f"result/{name}": float(value) for name, value in metrics.items()}
+        _, session_start, session_end = hparams_summaries(_hparam_values(hparams), metric_tags)
+        for summary in (session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metric_tags.items():
+            self.writer.add_scalar(tag, value, 0)
+        self.writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def log_run_hparams(monitor: Monitor, experiment_table: dict, record: dict) -> None:
+    """Log a finished run's resolved experiment as hparams and its result's numbers as metrics, then close."""
+    monitor.hparams(flat_values(experiment_table), numeric_leaves(record))
+    monitor.close()
+
+
+def numeric_leaves(record: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers in a nested dict as dotted keys, e.g. {"toybench.overall.color": 0.98} (lists, bools skipped)."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(numeric_leaves(value, prefix=f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def flat_values(table: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested table as dotted keys with scalar values (lists joined with commas, None left out)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_values(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = ", ".join(map(str, value))
+        elif value is not None:
+            out[name] = value
+    return out
+
+
+def _hparam_values(hparams: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """TensorBoard takes bool, int, float and str hparams only; anything else is written as its str()."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}

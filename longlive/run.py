@@ -22,7 +22,7 @@ from longlive.components import CodecSpec, ComponentRegistry
 from longlive.config import Experiment, dumps_toml, experiment_to_table
 from longlive.errors import ConfigError
 from longlive.geometry import Geometry
-from longlive.monitor import Monitor
+from longlive.monitor import Monitor, log_run_hparams
 from longlive.registry.manager import build_plugin_manager, installed_plugins
 
 if TYPE_CHECKING:
@@ -228,9 +228,16 @@ def write_run_record(run: RunContext) -> None:
         "threads": torch.get_num_threads(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    path = run.run_dir / "versions.json"
+    if path.is_file():  # the record at the end of the run keeps when and from which commit it started
+        try:
+            first = json.loads(path.read_text(encoding="utf-8"))
+            versions.update({k: first[k] for k in ("git_commit", "started") if k in first})
+        except (OSError, ValueError):
+            pass
     if run.quant:
         versions["quant"] = run.quant
-    _write_atomic(run.run_dir / "versions.json", json.dumps(versions, indent=2) + "\n")
+    _write_atomic(path, json.dumps(versions, indent=2) + "\n")
 
 
 def run_task(run: RunContext) -> dict:
@@ -249,6 +256,7 @@ def run_task(run: RunContext) -> dict:
         record = {k: v for k, v in result.items() if _is_plain(v)}
         if run.quant:
             record.setdefault("quant", run.quant)
+        log_run_hparams(run.monitor, experiment_to_table(run.experiment, run.plugin_configs, run.task_config), record)
         _write_atomic(run.run_dir / "result.json", json.dumps(record, indent=2) + "\n")
     return result
 

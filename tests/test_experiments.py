@@ -9,7 +9,8 @@ from longlive.config import load_experiment
 from longlive.errors import ConfigError
 from longlive.run import check_experiment
 
-EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").rglob("*.toml"))
+ROOT = Path(__file__).parents[1] / "experiments"
+EXPERIMENTS = sorted(p for p in ROOT.rglob("*.toml") if p.parent != ROOT / "sweeps")  # sweeps: tests/test_sweep.py
 
 
 def test_there_are_experiments():

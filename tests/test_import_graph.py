@@ -90,7 +90,8 @@ def test_the_cycle_finder_names_a_cycle():
 
 def test_validate_and_plugins_import_no_torch():
     code = ("import sys; from longlive.cli import main; "
-            "rc = [main(['validate', 'experiments/quickstart.toml', 'experiments/ablations/sink.toml']), "
+            "rc = [main(['validate', 'experiments/quickstart.toml', 'experiments/ablations/toy_two_minutes.toml', "
+            "'experiments/toy/generate_w4a4.toml']), "
             "main(['plugins'])]; print(rc, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[0, 0] False", out.stdout + out.stderr

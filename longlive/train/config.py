@@ -65,7 +65,7 @@ class TrainConfig:
     # LoRA (LongLive 2.0: r128 / alpha128): 0 trains every weight; > 0 freezes the base (quantized
     # first when [quant] names a format) and trains adapters only; checkpoints and export hold them only.
     lora_rank: int = attrs.field(default=0, validator=in_range(0, 4096))
-    lora_alpha: float | None = None  # default: lora_rank (scale 1)
+    lora_alpha: float | None = attrs.field(default=None, validator=optional(in_range(1e-6, 1e6)))  # None: lora_rank
     # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())
 

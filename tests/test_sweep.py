@@ -223,7 +223,8 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first.exists(), proc.communicate()
-    while not (out / "only" / "seed1" / "sweep_output.txt").exists():
+    second = out / "only" / "seed1" / "sweep_output.txt"
+    while not (second.exists() and second.stat().st_size > 0):  # the second run's process has started
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -18,8 +18,8 @@ class MXFP4Format:
     name = "mxfp4"
     block_size = mxfp4.BLOCK  # the applier refuses linears whose dims are not multiples of 32
     # Declared error of a converted linear: relative Frobenius error of y = x W^T against fp64 on
-    # standard normal x, W, both operands quantized (measured ~0.15; the contract test checks it).
-    expected_error = 0.2
+    # random x, W, both operands quantized (measured 0.16-0.18; the contract test checks it).
+    expected_error = 0.25
 
     def __init__(self, config: Any) -> None:
         self.config = config

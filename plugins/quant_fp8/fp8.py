@@ -62,7 +62,7 @@ def matmul_emulated(qx: torch.Tensor, sx: torch.Tensor, qw: torch.Tensor, sw: to
 def matmul_scaled_mm(qx: torch.Tensor, sx: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
                      out_dtype: torch.dtype, *, fast_accum: bool = False) -> torch.Tensor:
     """y [M, N] through torch._scaled_mm, row-wise scales; `qw` [N, K] row-major, passed transposed (column-major)."""
-    return torch._scaled_mm(qx.contiguous(), qw.t(), scale_a=sx.float().contiguous(),
+    return torch._scaled_mm(qx.contiguous(), qw.contiguous().t(), scale_a=sx.float().contiguous(),
                             scale_b=sw.float().reshape(1, -1).contiguous(), out_dtype=out_dtype,
                             use_fast_accum=fast_accum)
 

@@ -1,4 +1,4 @@
-"""The MXFP4 example format: E2M1 rounding and E8M0 scales per the OCP MX spec, the linear, packing, casts, a toy run."""
+"""The MXFP4 example format: E2M1 rounding, E8M0 scales per the OCP MX spec, the linear, packing, casts, a toy run."""
 from __future__ import annotations
 
 import copy

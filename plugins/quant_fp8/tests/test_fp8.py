@@ -1,4 +1,4 @@
-"""FP8 E4M3 row-wise: rounding, the linear against fp64 within E4M3's error bound, the _scaled_mm path, packing, casts."""
+"""FP8 E4M3 row-wise: rounding, the linear within E4M3's error bound, the _scaled_mm path, packing, casts."""
 from __future__ import annotations
 
 import copy

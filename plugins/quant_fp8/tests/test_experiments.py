@@ -31,3 +31,11 @@ def test_t2v_fp8_real_mode_is_one_clear_error_here():
     run = make_run(load_experiment(EXPERIMENTS / "t2v_fp8.toml", [*DEBUG, 'quant.mode="real"']), create_dir=False)
     with pytest.raises(ConfigError, match=r"quant.mode: \"real\" with format 'fp8_rowwise' cannot run here"):
         run.hook.longlive_check_compat(run=run)
+
+
+def test_the_plugin_is_listed_with_its_key(capsys):
+    from longlive.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "quant_fp8 0.1.0 (longlive, longlive_plugins.quant_fp8:QuantFP8)" in out and "fast_accum = False" in out

@@ -8,6 +8,9 @@ is averaged over clips, per linear kind (q, k, v, o of self- and cross-attention
 and per block. Errors do not compound here: every layer sees the unquantized model's input.
 
     python benchmarks/toy_quant_layer_error.py --rules static_6 mse
+    python benchmarks/toy_quant_layer_error.py --rules mse --formats fp8_rowwise mxfp4
+
+`--formats` adds columns for other installed quant formats (their plugins' default configs).
 """
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ import torch
 from longlive.config import load_experiment
 from longlive.assembly import build_parts
 from longlive.quant.apply import quantize_model
+from longlive.components import ComponentRegistry
 from longlive.quant.format import quantized_modules
+from longlive.registry.manager import installed_plugins, load_plugin_class
 from longlive.run import make_run
 from longlive.sampling import FlowMatching
+from longlive.structure import structure
 from longlive.train.data import video_to_float
 from longlive_plugins.quant_4o6.format import FourOverSixFormat
 from longlive_plugins.quant_4o6.plugin import Quant4o6Config
@@ -46,9 +52,21 @@ def record_inputs(model: torch.nn.Module, names: list[str], run_forward) -> dict
     return seen
 
 
+def installed_format(name: str):
+    """The installed quant format `name`, registered by its plugin with default config."""
+    registry = ComponentRegistry()
+    for plugin_name in installed_plugins():
+        cls = load_plugin_class(plugin_name)
+        plugin = cls(structure({}, cls.Config, where=f"plugins.{plugin_name}"))
+        if hasattr(plugin, "longlive_register_components"):
+            plugin.longlive_register_components(registry=registry.scoped(plugin_name))
+    return registry.get("quant_format", name, where="--formats").value
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rules", nargs="+", default=["static_6", "mse"])
+    parser.add_argument("--rules", nargs="*", default=["static_6", "mse"])
+    parser.add_argument("--formats", nargs="*", default=[], help="other installed quant formats, e.g. fp8_rowwise")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.9, 0.5, 0.1])
     parser.add_argument("--seed", type=int, default=0)
@@ -62,6 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
         quantize_model(q, FourOverSixFormat(Quant4o6Config(weight_scale_rule=rule, activation_scale_rule=rule)),
                        role="generator", path="emulate", training=False)
         converted[rule] = q
+    for name in args.formats:
+        q = copy.deepcopy(model)
+        quantize_model(q, installed_format(name), role="generator", path="emulate", training=False)
+        converted[name] = q
+    args.rules = [*args.rules, *args.formats]  # the columns
     names = [n for n, _ in quantized_modules(converted[args.rules[0]])]
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
     errors = {rule: defaultdict(list) for rule in args.rules}

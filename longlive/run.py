@@ -181,15 +181,35 @@ def set_threads(threads: int, device: torch.device) -> int:
 
 
 def auto_threads() -> int:
-    """The cores this process may use minus the ones already busy (1-minute load average), at least 1.
+    """The cores this process may use minus the ones busy right now, at least 1.
 
-    On a 2-core machine: 2 threads when idle, 1 when another job runs. Oversubscribed threads
-    spin against each other: the quickstart took 5-11 min with 2 threads on a busy 2-core
-    machine and 140 s with 1 (docs/benchmarks.md, "CPU threads").
+    "Busy" is the machine's CPU use over 0.2 s (/proc/stat), not the 1-minute load average, which
+    still counts a job that ended a minute ago. On a 2-core machine: 2 threads when idle, 1 when
+    another job runs. Oversubscribed threads spin against each other: on a busy 2-core machine the
+    quickstart took 1,902 s with 2 threads and 186 s with 1; idle, 32.5 s with 2 and 46.4 s with 1
+    (docs/benchmarks.md, "CPU threads").
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, cores - busy)
+    busy = busy_cores(os.cpu_count() or cores)
+    return max(1, min(cores, (os.cpu_count() or cores) - round(busy)))
+
+
+def busy_cores(total_cores: int, window: float = 0.2) -> float:
+    """Cores in use by any process over `window` seconds (/proc/stat); the load average where that is missing."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    spent = total1 - total0
+    return total_cores * (1 - (idle1 - idle0) / spent) if spent > 0 else 0.0
 
 
 def check_components(experiment: Experiment, components: ComponentRegistry) -> None:

@@ -11,11 +11,17 @@ from longlive import run as run_module
 from longlive.monitor import PROGRESS_LOGGER, progress, progress_line
 
 
-@pytest.mark.parametrize("cores,load,expected", [(2, 0.1, 2), (2, 1.2, 1), (2, 7.0, 1), (16, 3.4, 13)])
-def test_auto_threads_leave_busy_cores_alone(monkeypatch, cores, load, expected):
+@pytest.mark.parametrize("cores,busy,expected", [(2, 0.1, 2), (2, 1.2, 1), (2, 7.0, 1), (16, 3.4, 13)])
+def test_auto_threads_leave_busy_cores_alone(monkeypatch, cores, busy, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(run_module, "busy_cores", lambda total: busy)
     assert run_module.auto_threads() == expected
+
+
+def test_busy_cores_reads_the_machine_now():
+    busy = run_module.busy_cores(os.cpu_count() or 1, window=0.05)
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
 
 
 def test_run_threads_sets_torch(monkeypatch):

@@ -43,3 +43,15 @@ def test_a_plugin_component_can_declare_its_extra(monkeypatch):
                                         r"'fouroversix', which is not installed; install it with: pip install "
                                         r"'longlive\[fouroversix\]'$"):
         component.check_requirements("quant.generator")
+
+
+@pytest.mark.parametrize("hidden", ["fouroversix", "transformers"])
+def test_a_quant_format_without_fouroversix_names_the_install(hidden, monkeypatch, capsys):
+    """quant_4o6's format needs fouroversix (and transformers, which fouroversix imports)."""
+    monkeypatch.setitem(sys.modules, hidden, None)
+    rc = main(["validate", str(ROOT / "experiments" / "toy" / "generate_w4a4.toml")])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_BAD_INPUT
+    assert err.startswith(f"error: quant.generator: quant format 'fouroversix' needs the Python package '{hidden}', "
+                          f"which is not installed; install it with: pip install ")
+    assert "SKIP_CUDA_BUILD=1" in err and "\n" not in err

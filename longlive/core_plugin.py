@@ -89,6 +89,12 @@ class CorePlugin:
 
         return quantize_for_role(model, role=role, training=training, run=run)
 
+    @hookimpl
+    def longlive_check_compat(self, run: RunContext) -> None:
+        from longlive.quant.apply import check_real_paths
+
+        check_real_paths(run)
+
     @hookimpl(trylast=True)
     def longlive_make_kv_storage(self, spec: CacheSpec) -> KVStorage:
         from longlive.cache import BF16Storage

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from longlive.errors import ConfigError
-from longlive.quant.format import NONE, QuantFormat, is_quantized, packed_bytes
+from longlive.quant.format import NONE, ROLES, QuantFormat, is_quantized, packed_bytes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,19 @@ def high_precision_modules(model: nn.Module) -> tuple[str, ...]:
 def format_object(value: Any) -> QuantFormat:
     """A registered format: the object itself, or a factory (e.g. a Lazy reference) that makes it."""
     return value if isinstance(value, QuantFormat) else value()
+
+
+def check_real_paths(run: Any) -> None:
+    """With `quant.mode = "real"`, every role's format must run its real path on the run's device:
+    one ConfigError naming the role and the probe's reason, before any weights load."""
+    q = run.experiment.quant
+    if q.mode != "real":
+        return
+    for role in ROLES:
+        name = getattr(q, role)
+        if name != NONE:
+            fmt = format_object(run.components.get("quant_format", name, where=f"quant.{role}").value)
+            select_path(fmt, "real", run.device, where=f"quant.{role}")
 
 
 def quantize_for_role(model: nn.Module, *, role: str, training: bool, run: Any) -> QuantReport:

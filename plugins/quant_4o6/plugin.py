@@ -12,7 +12,6 @@ import logging
 import attrs
 
 from longlive.components import Lazy
-from longlive.errors import ConfigError
 from longlive.registry import hookimpl
 from longlive.structure import one_of
 
@@ -68,15 +67,3 @@ class Quant4o6:
         if not roles:
             log.warning("plugin quant_4o6 is enabled but no [quant] role uses %r; set quant.generator = %r",
                         FORMAT_NAME, FORMAT_NAME)
-
-    @hookimpl
-    def longlive_check_compat(self, run) -> None:
-        from longlive_plugins.quant_4o6.backend import probe
-
-        q = run.experiment.quant
-        if q.mode != "real" or FORMAT_NAME not in (q.generator, q.teacher, q.critic):
-            return
-        ok, why = probe(run.device)
-        if not ok:
-            raise ConfigError(f"quant.mode: \"real\" with format {FORMAT_NAME!r} cannot run here: {why}; "
-                              f"set quant.mode = \"emulate\" (or \"auto\")")

@@ -10,7 +10,6 @@ import logging
 
 import attrs
 
-from longlive.errors import ConfigError
 from longlive.registry import hookimpl
 
 log = logging.getLogger(__name__)
@@ -47,15 +46,3 @@ class QuantFP8:
         if FORMAT_NAME not in (experiment.quant.generator, experiment.quant.teacher, experiment.quant.critic):
             log.warning("plugin quant_fp8 is enabled but no [quant] role uses %r; set quant.generator = %r",
                         FORMAT_NAME, FORMAT_NAME)
-
-    @hookimpl
-    def longlive_check_compat(self, run) -> None:
-        from longlive_plugins.quant_fp8.fp8 import probe
-
-        q = run.experiment.quant
-        if q.mode != "real" or FORMAT_NAME not in (q.generator, q.teacher, q.critic):
-            return
-        ok, why = probe(run.device)
-        if not ok:
-            raise ConfigError(f"quant.mode: \"real\" with format {FORMAT_NAME!r} cannot run here: {why}; "
-                              f"set quant.mode = \"emulate\" (or \"auto\")")

@@ -33,6 +33,7 @@ from longlive.model.dit import WanDiT
 from longlive.model.init import seeded_init
 from longlive.monitor import progress
 from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
+from longlive.quant.format import forward_context
 
 if TYPE_CHECKING:
     from longlive.prompts import ChunkPrompt
@@ -220,7 +221,7 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
 
     decoder = make_decoder(run, parts.codec)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_context(parts.model):  # a quantization format's context, if any
             for chunk in chunks:
                 noise = chunk_noise(shape, chunk.index, run.experiment.run.seed, run.device, run.dtype)
                 x0 = loop.step(chunk, noise)

@@ -27,6 +27,7 @@ import torch
 from longlive.assembly import build_codec, build_model, build_sampler, build_text_encoder, new_chunk_loop
 from longlive.pipeline import ChunkLoop, chunk_noise
 from longlive.prompts import chunk_prompts, single_prompt
+from longlive.quant.format import forward_context
 
 if TYPE_CHECKING:
     from longlive.run import RunContext
@@ -86,7 +87,7 @@ def run_benchmark(run: RunContext) -> dict:
 def _timed_chunks(loop: ChunkLoop, schedule: list, noise: list, cuda: bool) -> tuple[list[float], list]:
     """Run the chunks; per-chunk wall times from CUDA events (read after the loop) or the host clock."""
     marks, outputs = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), forward_context(loop.state.model):  # a quantization format's context, if any
         for chunk in schedule:
             start = _mark(cuda)
             outputs.append(loop.step(chunk, noise[chunk.index]))
@@ -113,7 +114,7 @@ def _profile(loop: ChunkLoop, schedule: list, noise: list, cuda: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with torch.inference_mode(), profile(activities=activities) as prof:
+    with torch.inference_mode(), forward_context(loop.state.model), profile(activities=activities) as prof:
         for chunk in schedule:
             loop.step(chunk, noise[chunk.index])
         if cuda:

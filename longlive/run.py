@@ -136,7 +136,8 @@ def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir:
     """Check the experiment, resolve device and dtype, set threads; create the run directory unless told not to."""
     checked = check_experiment(experiment)
     device = resolve_device(experiment.run.device, check_available=create_dir)
-    check_cache_size(checked, str(device))
+    if device.type != "cpu" or experiment.run.device != "cpu":  # an explicit cpu was checked above
+        check_cache_size(checked, str(device))
     set_threads(experiment.run.threads, device)
     run = RunContext(experiment=experiment, pm=checked.pm, components=checked.components,
                      plugin_configs=checked.plugin_configs, device=device,

@@ -67,7 +67,8 @@ def build_model(run: RunContext, role: str = "generator", *, training: bool = Fa
     adapt_and_quantize(run, model, role, training=training)
     parallelize(run, model, role)
     if run.experiment.model.compile:
-        model.compile_blocks()
+        mode = run.experiment.model.compile_mode
+        model.compile_blocks(**({} if mode == "default" else {"mode": mode}))
     log.info("DiT %s (%s): %.2f M parameters, %s on %s, attention %s", model.config.name, role,
              sum(p.numel() for p in model.parameters()) / 1e6, dtype, run.device, model.attention_backend)
     return model

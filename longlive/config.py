@@ -39,6 +39,7 @@ MAX_COUNT = 10**7  # clips, batch sizes, accumulation steps
 MAX_DEPTH = 16  # nesting of tables and arrays in an experiment file
 ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flex")
 CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 
 
 @attrs.frozen(kw_only=True)
@@ -66,6 +67,7 @@ class ModelConfig:
     checkpoint_format: str = attrs.field(default="auto", validator=one_of(CHECKPOINT_FORMATS))
     attention: str = attrs.field(default="auto", validator=one_of(ATTENTION_BACKENDS))
     compile: bool = False  # torch.compile the transformer blocks (CUDA)
+    compile_mode: str = attrs.field(default="default", validator=one_of(COMPILE_MODES))  # torch.compile's mode
     codec: str = "wan2.2-vae"  # the latent codec component
     codec_checkpoint: str | None = None
     text_encoder: str = "umt5-xxl"  # the text encoder component
@@ -123,6 +125,7 @@ class BenchConfig:
     measure_chunks: int = attrs.field(default=8, validator=in_range(1, MAX_CHUNKS))
     profile_chunks: int = attrs.field(default=1, validator=in_range(0, MAX_CHUNKS))  # profiled for the time split
     vae_chunks: int = attrs.field(default=4, validator=in_range(0, MAX_CHUNKS))  # streaming-decode FPS
+    pipeline_chunks: int = attrs.field(default=0, validator=in_range(0, MAX_CHUNKS))  # pipelined end-to-end FPS
 
 
 @attrs.frozen(kw_only=True)

@@ -33,7 +33,7 @@ from longlive.model.dit import WanDiT
 from longlive.model.init import seeded_init
 from longlive.monitor import progress
 from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
-from longlive.quant.format import forward_context
+from longlive.quant.format import cast_model, forward_context
 
 if TYPE_CHECKING:
     from longlive.prompts import ChunkPrompt
@@ -61,7 +61,7 @@ def build_model(run: RunContext, role: str = "generator", *, training: bool = Fa
     checkpoint = checkpoint or run.experiment.model.checkpoint
     dtype = dtype or run.dtype
     model = construct_on_meta(run)
-    convert_for_checkpoint(run, model, role, checkpoint)
+    convert_for_checkpoint(run, model, role, checkpoint, training=training, where=where)
     place_and_load(run, model, checkpoint, device=run.device, dtype=dtype, training=training, where=where)
     model.eval().requires_grad_(False)
     adapt_and_quantize(run, model, role, training=training)
@@ -79,10 +79,13 @@ def construct_on_meta(run: RunContext) -> WanDiT:
         return WanDiT(run.preset, attention=run.experiment.model.attention)
 
 
-def convert_for_checkpoint(run: RunContext, model: WanDiT, role: str, checkpoint: str | None) -> None:
-    """Let a format replace the modules whose weights a checkpoint stores in its own layout."""
+def convert_for_checkpoint(run: RunContext, model: WanDiT, role: str, checkpoint: str | None, *,
+                           training: bool = False, where: str = "model.checkpoint") -> None:
+    """Replace the modules whose weights a checkpoint stores in a layout of its own (packed linears:
+    the core's implementation, longlive/quant/packed.py; plugins may add others)."""
     if checkpoint is not None:
-        run.hook.longlive_convert_model(model=model, role=role, checkpoint=checkpoint, run=run)
+        run.hook.longlive_convert_model(model=model, role=role, checkpoint=checkpoint, training=training,
+                                        where=where, run=run)
 
 
 def place_and_load(run: RunContext, model: WanDiT, checkpoint: str | None, *, device: torch.device,
@@ -90,7 +93,7 @@ def place_and_load(run: RunContext, model: WanDiT, checkpoint: str | None, *, de
     """Allocate the meta model on `device` in `dtype` and fill it: checkpoint, Wan init or random."""
     from longlive.model.convert import load_dit_weights
 
-    model.to(dtype=dtype)  # on meta: no memory
+    cast_model(model, dtype)  # on meta: no memory; packed tensors of converted modules keep their dtypes
     model.to_empty(device=device)
     if checkpoint is not None:
         load_dit_weights(model, checkpoint, format=run.experiment.model.checkpoint_format, where=where)

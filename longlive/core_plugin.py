@@ -84,6 +84,15 @@ class CorePlugin:
         adapters_for_role(model, role=role, training=training, run=run)
 
     @hookimpl
+    def longlive_convert_model(self, model: WanDiT, role: str, checkpoint: str, training: bool, where: str,
+                               run: RunContext) -> None:
+        from longlive.model.convert import dit_checkpoint_keys
+        from longlive.quant.packed import convert_packed_linears
+
+        keys = dit_checkpoint_keys(checkpoint, run.experiment.model.checkpoint_format, where=where)
+        convert_packed_linears(model, keys, role=role, training=training, run=run, where=where)
+
+    @hookimpl
     def longlive_quantize_model(self, model: WanDiT, role: str, training: bool, run: RunContext) -> QuantReport:
         from longlive.quant.apply import quantize_for_role
 

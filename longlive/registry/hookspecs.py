@@ -82,13 +82,16 @@ def longlive_check_compat(run: RunContext) -> None:
 
 
 @hookspec
-def longlive_convert_model(model: WanDiT, role: str, checkpoint: str, run: RunContext) -> None:
+def longlive_convert_model(model: WanDiT, role: str, checkpoint: str, training: bool, where: str,
+                           run: RunContext) -> None:
     """Replace modules whose weights `checkpoint` stores in a layout of its own (packed NVFP4).
 
     When: the model is still on the meta device, before its weights load; only when a checkpoint
-    is given. `role`: "generator" | "teacher" | "critic". Modify `model` in place (module
-    replacement, never rebinding methods). Raises: ConfigError when the checkpoint's layout does
-    not fit the experiment's quantization settings.
+    is given. `role`: "generator" | "teacher" | "critic"; `training`: whether the model will be
+    trained; `where`: the config key of the checkpoint, for errors. Modify `model` in place
+    (module replacement, never rebinding methods). The core implements it for packed linears
+    (longlive/quant/packed.py: any format's packed layout). Raises: ConfigError when the
+    checkpoint's layout does not fit the experiment's quantization settings.
     """
 
 

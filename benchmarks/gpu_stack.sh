@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole stack on one GPU (issue "GPU run (one H200)"); results in $OUT, recorded in docs/benchmarks.md.
 # 5B geometry, random weights, 1280x704, chunk 8, window 32, 4 steps + context pass (experiments/bench/bf16_5b.toml).
-#   bash benchmarks/gpu_stack.sh tests     GPU-only tests (kv_fp4 kernels against the reference, vae_async, ...)
+#   bash benchmarks/gpu_stack.sh tests     GPU-only tests (kv_fp4 kernels against the reference, vae_async, ...),
+#                                          then the denoise loop with the NVFP4 KV cache (kv_fp4, static_6)
 #   bash benchmarks/gpu_stack.sh speed     BF16 / vae_async stream / FP8 (+ vae_async stream): denoise-loop FPS,
 #                                          peak memory, time split, pipelined end-to-end FPS through the decoder
 #   bash benchmarks/gpu_stack.sh extra     CUDA graphs (torch.compile mode="reduce-overhead"), FP8 with kv_fp4,
@@ -31,7 +32,8 @@ STREAM=(--set 'plugins.vae_async.mode="stream"' --set bench.pipeline_chunks=8)
 FP8=(--set 'quant.generator="fp8_rowwise"' --set 'quant.mode="real"')
 case $part in
   tests)
-    python3 -m pytest -q -m gpu tests/gpu plugins -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt" ;;
+    python3 -m pytest -q -m gpu tests/gpu plugins -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+    bench kv_fp4 --set 'run.plugins=["kv_fp4"]' --set bench.vae_chunks=0 ;;
   speed)
     bench bf16 --set bench.pipeline_chunks=8
     bench bf16_vae_stream --set 'run.plugins=["vae_async"]' "${STREAM[@]}"

@@ -11,8 +11,12 @@
 #   run(command="bash benchmarks/gpu_quant.sh", carry=[".whl"])
 set -uo pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
-OUT=${OUT:-/tmp/longlive_quant}
-mkdir -p "$OUT"
+# The device machine returns at most 8 files from $OUT: everything is written to a scratch folder
+# and packed into one archive there at exit (also after a failure or the time limit).
+FINAL=${OUT:-/tmp/longlive_quant}
+mkdir -p "$FINAL"
+OUT=$(mktemp -d)
+trap 'tar czf "$FINAL/quant.tar.gz" -C "$OUT" .' EXIT
 python3 -m pip install -q --no-index --no-deps .whl/*.whl
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . -e examples/longlive-quant-mxfp4
 {
@@ -24,7 +28,7 @@ SECONDS=0
 python3 -m longlive run experiments/toy/data_small.toml --set plugins.toyworld.data_workers=8 --run-dir /tmp/data_small 2>&1 | tail -1
 train() {  # $1 name, then --set overrides
   local name=$1; shift
-  python3 -m longlive run experiments/toy/train_ar_nvfp4.toml --set 'run.device="cuda"' "$@" --run-dir "/tmp/$name" \
+  timeout 200 python3 -m longlive run experiments/toy/train_ar_nvfp4.toml --set 'run.device="cuda"' "$@" --run-dir "/tmp/$name" \
     > "$OUT/$name.log" 2>&1
   echo "$name: $(tail -1 "$OUT/$name.log") (${SECONDS} s)"
 }
@@ -35,7 +39,7 @@ python3 benchmarks/fouroversix_backends.py --out "$OUT/fouroversix_backends.json
 wait
 evaluate() {  # $1 name, $2 experiment, then --set overrides
   local name=$1 exp=$2; shift 2
-  python3 -m longlive run "$exp" --set 'run.device="cuda"' --set 'run.dtype="fp32"' "$@" --run-dir "/tmp/eval_$name" \
+  timeout 300 python3 -m longlive run "$exp" --set 'run.device="cuda"' --set 'run.dtype="fp32"' "$@" --run-dir "/tmp/eval_$name" \
     > "$OUT/eval_$name.log" 2>&1
   cp "/tmp/eval_$name/result.json" "$OUT/toy_eval_$name.json" 2>/dev/null
   echo "$name: $(tail -1 "$OUT/eval_$name.log") (${SECONDS} s)"

@@ -11,8 +11,12 @@
 set -uo pipefail
 part=$1
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/longlive_stack}
-mkdir -p "$OUT"
+# The device machine returns at most 8 files from $OUT: everything is written to a scratch folder
+# and packed into one archive there at exit (also after a failure or the time limit).
+FINAL=${OUT:-/tmp/longlive_stack}
+mkdir -p "$FINAL"
+OUT=$(mktemp -d)
+trap 'tar czf "$FINAL/stack_$part.tar.gz" -C "$OUT" .' EXIT
 python3 -m pip install -q --no-index --no-deps .whl/*.whl
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
 {

@@ -7,7 +7,8 @@ layout (same model object, same inputs) and writes OUT.json:
     {scenario: {"max_abs_diff": float, "ref_norm": float, "finite": bool, "chunks": int,
                 "traffic": last chunk's counted traffic, "expected": the traffic formula's bytes}}
 Scenarios: plain, sinks (sinks + shot sinks + relative RoPE + re-cache + cut), kv_fp4 (against
-single-device kv_fp4), cfg (guidance 3, batch 2), i2v (an image latent as frame 0).
+single-device kv_fp4), cfg (guidance 3, batch 2), i2v (an image latent as frame 0). Always, after
+them: "autograd" (gradients through the layout's collectives, every rank: {"round_trip", "max_grad_error"}).
 """
 from __future__ import annotations
 
@@ -105,10 +106,36 @@ def main(out: str, names: list[str]) -> None:
                          "finite": all(bool(torch.isfinite(a).all()) for a in got), "chunks": len(got),
                          "traffic": sp_plugin.last_chunk, "expected": expected.total,
                          "layout": run.layout.describe()}
+    results["autograd"] = _autograd(run.layout)
     if _rank() == 0:
         with open(out, "w") as f:
             json.dump(results, f)
     close_mesh(meshes[0])
+
+
+def _autograd(layout) -> dict:
+    """Backward through the layout's collectives (for training, part 2): with the same tensor R on
+    every rank, d/dx sum(R * seq_to_heads(x)), d/dy sum(R' * heads_to_seq(y)) and d/dx sum(R * gather(x))
+    must be R's rows (and heads) that x or y holds on this rank; the round trip must be exact."""
+    sp, r = layout.sp, layout.sp_rank
+    g = torch.Generator().manual_seed(7)
+    batch, tokens, heads, dim = 2, 4 * sp, 2 * sp, 3
+    full = torch.randn(batch, tokens, heads, dim, generator=g)  # the same on every rank
+    rows = slice(r * tokens // sp, (r + 1) * tokens // sp)
+    cols = slice(r * heads // sp, (r + 1) * heads // sp)
+    x = full[:, rows].clone().requires_grad_(True)
+    y = layout.seq_to_heads(x)
+    round_trip = float((layout.heads_to_seq(y) - x).detach().abs().max())
+    weight = torch.randn(batch, tokens, heads, dim, generator=g)
+    (y * weight[:, :, cols]).sum().backward()
+    errors = [float((x.grad - weight[:, rows]).abs().max()), float((y - full[:, :, cols]).abs().max())]
+    z = full[:, :, cols].clone().requires_grad_(True)
+    (layout.heads_to_seq(z) * weight[:, rows]).sum().backward()
+    errors.append(float((z.grad - weight[:, :, cols]).abs().max()))
+    w = full[:, rows, 0].clone().requires_grad_(True)
+    (layout.gather(w) * weight[:, :, 0]).sum().backward()
+    errors.append(float((w.grad - weight[:, rows, 0]).abs().max()))
+    return {"round_trip": round_trip, "max_grad_error": max(errors)}
 
 
 def _world() -> int:

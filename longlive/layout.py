@@ -11,7 +11,7 @@ The points, in the order a forward meets them (L tokens of a chunk, H heads, sp 
 
     scatter(tokens), scatter(rope), local_groups(t)   this rank's L/sp tokens, their RoPE rows and
                                                       timesteps (the adaLN modulation follows t)
-    seq_to_heads(q, k, v)                             [.., B, L/sp, H, D] -> [.., B, L, H/sp, D]
+    exchange_qkv(q, k, v)                             each [B, L/sp, H, D] -> [B, L, H/sp, D]
     (attention and the KV cache, over H/sp heads of the whole window)
     heads_to_seq(y)                                   [B, L, H/sp, D] -> [B, L/sp, H, D]
     (cross-attention and the FFN: token-local)
@@ -58,6 +58,11 @@ class SequenceLayout(Protocol):
 
     def local_groups(self, t: torch.Tensor, tokens: int) -> torch.Tensor:
         """Timesteps [B, N] of groups of `tokens`/N consecutive tokens -> those of this rank's tokens."""
+
+    def exchange_qkv(self, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's q, k, v [B, L/sp, H, D] -> each [B, L, H/sp, D] (`seq_to_heads` of all
+        three; a layout may send K and V in a lower precision, which it then documents)."""
 
     def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
         """[..., B, L/sp, H, D] -> [..., B, L, H/sp, D]: every token, this rank's heads."""
@@ -146,6 +151,10 @@ class SingleDeviceLayout:
 
     def local_groups(self, t: torch.Tensor, tokens: int) -> torch.Tensor:
         return t
+
+    def exchange_qkv(self, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return q, k, v
 
     def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x

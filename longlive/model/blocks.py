@@ -138,7 +138,7 @@ class WanBlock(nn.Module):
         k, v = attn.project_kv(h)
         k = apply_rope(k, *rope)
         if layout is not None and layout.sp > 1:
-            q, k, v = layout.seq_to_heads(torch.stack([q, k, v])).unbind(0)  # each [B, L, H/sp, D]
+            q, k, v = layout.exchange_qkv(q, k, v)  # each [B, L, H/sp, D]
         if kv is not None:
             k, v = kv.attend_kv(layer, k, v)  # [B, Lk, H, D], this chunk's included
         y = attention(q, k, v, mask)

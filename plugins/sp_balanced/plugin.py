@@ -14,6 +14,7 @@ import attrs
 
 from longlive.errors import ConfigError
 from longlive.registry import hookimpl
+from longlive.structure import one_of
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen(kw_only=True)
 class SPBalancedConfig:
-    """The [plugins.sp_balanced] table (no settings yet: the SP size is the core's parallel.sp)."""
+    """The [plugins.sp_balanced] table (the SP size is the core's parallel.sp)."""
+
+    # How K and V cross the all-to-all: "activation" (the model's dtype: output equals one device)
+    # or "fp8" (E4M3 + an FP32 scale per token and head: fewer bytes, rounded K/V; inference only).
+    kv_exchange: str = attrs.field(default="activation", validator=one_of(("activation", "fp8")))
 
 
 class SPBalanced:
@@ -58,11 +63,11 @@ class SPBalanced:
         from longlive_plugins.sp_balanced.ulysses import UlyssesLayout
 
         geometry, preset = run.geometry, run.preset
-        layout = UlyssesLayout(mesh)
+        layout = UlyssesLayout(mesh, kv_exchange=self.config.kv_exchange)
         layout.check(num_heads=preset.num_heads, chunk_tokens=geometry.chunk_tokens)
         log.info("sp_balanced: Ulysses layout, sp %d (rank %d of the group): %d of %d tokens and %d of %d heads "
-                 "per rank", mesh.sp, mesh.sp_rank, geometry.chunk_tokens // mesh.sp, geometry.chunk_tokens,
-                 preset.num_heads // mesh.sp, preset.num_heads)
+                 "per rank, K/V exchanged as %s", mesh.sp, mesh.sp_rank, geometry.chunk_tokens // mesh.sp,
+                 geometry.chunk_tokens, preset.num_heads // mesh.sp, preset.num_heads, self.config.kv_exchange)
         return layout
 
     @hookimpl

@@ -41,14 +41,24 @@ class ChunkTraffic:
 
 def chunk_traffic(*, sp: int, num_layers: int, num_heads: int, head_dim: int, chunk_tokens: int, batch: int,
                   cfg: bool, steps: int, head_channels: int, element_bytes: int,
-                  head_element_bytes: int | None = None) -> ChunkTraffic:
-    """Bytes per rank and chunk of the Ulysses layout (module docstring); sp = 1 moves nothing."""
+                  head_element_bytes: int | None = None, kv_exchange: str = "activation") -> ChunkTraffic:
+    """Bytes per rank and chunk of the Ulysses layout (module docstring); sp = 1 moves nothing.
+    `kv_exchange` "fp8": K and V cross as 1-byte codes plus a 4-byte scale per token and head, in
+    their own two all-to-alls (Q alone in a third)."""
     rows = batch * (2 if cfg else 1) * chunk_tokens // sp  # this rank's token rows
     forwards = steps + 1
     if sp == 1:
         return ChunkTraffic(sp=1, qkv_all_to_all=0, out_all_to_all=0, gather=0, forwards=forwards, collectives=0)
-    one = rows * num_heads * head_dim * element_bytes * (sp - 1) // sp  # one of Q, K, V or the output
+    sent = (sp - 1, sp)  # an all-to-all sends (sp-1)/sp of what it holds
+    one = rows * num_heads * head_dim * element_bytes * sent[0] // sent[1]  # one of Q, K, V or the output
+    if kv_exchange == "fp8":
+        qkv = (one + 2 * rows * num_heads * head_dim * sent[0] // sent[1]
+               + 2 * rows * num_heads * 4 * sent[0] // sent[1])
+        per_layer = 4
+    else:
+        qkv = 3 * rows * num_heads * head_dim * element_bytes * sent[0] // sent[1]
+        per_layer = 2
     head = rows * head_channels * (head_element_bytes or element_bytes) * (sp - 1)
-    return ChunkTraffic(sp=sp, qkv_all_to_all=forwards * num_layers * 3 * one,
+    return ChunkTraffic(sp=sp, qkv_all_to_all=forwards * num_layers * qkv,
                         out_all_to_all=forwards * num_layers * one, gather=forwards * head,
-                        forwards=forwards, collectives=forwards * (2 * num_layers + 1))
+                        forwards=forwards, collectives=forwards * (per_layer * num_layers + 1))

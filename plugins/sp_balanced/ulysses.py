@@ -21,6 +21,11 @@ issue #18) can differentiate through them; the scatter is a slice (gradients of 
 parameters are then summed over the SP group) and the gather's backward takes this rank's rows.
 
 Collectives run outside torch.compile (`torch.compiler.disable`), like the KV-cache call.
+
+Optionally (`kv_exchange = "fp8"`) K and V cross the all-to-all as FP8 E4M3 codes with one FP32
+scale per token and head (D + 4 bytes a row instead of 2 D in BF16): the Q, K, V exchange sends
+about 2/3 of its bytes, and every rank (the sender included) attends to and caches the rounded
+K and V, so the output is no longer the single-device one (docs/parallel.md measures the change).
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ import torch.distributed as dist
 
 from longlive.layout import Traffic, check_split, local_groups
 from longlive.parallel import ParallelMesh
+
+KV_EXCHANGES = ("activation", "fp8")  # how K and V cross the all-to-all (plugin README)
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
 def _all_to_all(send: torch.Tensor, group: Any) -> torch.Tensor:
@@ -97,15 +105,18 @@ class UlyssesLayout:
 
     name = "ulysses"
 
-    def __init__(self, mesh: ParallelMesh) -> None:
+    def __init__(self, mesh: ParallelMesh, *, kv_exchange: str = "activation") -> None:
         if mesh.sp < 2:
             raise ValueError(f"UlyssesLayout needs sp >= 2, got a mesh with sp={mesh.sp}")
+        if kv_exchange not in KV_EXCHANGES:
+            raise ValueError(f"kv_exchange={kv_exchange!r} is not one of {KV_EXCHANGES}")
         self.sp, self.sp_rank = mesh.sp, mesh.sp_rank
+        self.kv_exchange = kv_exchange
         self.group = mesh.group("sp")
         self.traffic = Traffic()
 
     def __repr__(self) -> str:
-        return f"UlyssesLayout(sp={self.sp}, sp_rank={self.sp_rank})"
+        return f"UlyssesLayout(sp={self.sp}, sp_rank={self.sp_rank}, kv_exchange={self.kv_exchange!r})"
 
     def local_heads(self, num_heads: int) -> int:
         if num_heads % self.sp:
@@ -124,6 +135,26 @@ class UlyssesLayout:
 
     def local_groups(self, t: torch.Tensor, tokens: int) -> torch.Tensor:
         return local_groups(t, tokens, self.sp, self.sp_rank)
+
+    def exchange_qkv(self, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One all-to-all of the stacked q, k, v; with kv_exchange "fp8", q alone and K, V as FP8."""
+        if self.kv_exchange == "activation":
+            q, k, v = self.seq_to_heads(torch.stack([q, k, v])).unbind(0)
+            return q, k, v
+        k, v = self._fp8_to_heads(torch.stack([k, v])).unbind(0)
+        return self.seq_to_heads(q), k, v
+
+    @torch.compiler.disable
+    def _fp8_to_heads(self, kv: torch.Tensor) -> torch.Tensor:
+        """[2, B, L/sp, H, D] -> [2, B, L, H/sp, D] through FP8 E4M3 codes and one FP32 scale per
+        (token, head): the row's amax maps to 448. Inference only (no gradient through the cast)."""
+        scale = kv.float().abs().amax(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
+        codes = (kv.float() / scale).to(torch.float8_e4m3fn).view(torch.uint8)
+        for part in (codes, scale):
+            self._count("all_to_all", part.numel() * part.element_size() * (self.sp - 1) // self.sp)
+        codes, scale = seq_to_heads(codes, self.sp, self.group), seq_to_heads(scale, self.sp, self.group)
+        return (codes.view(torch.float8_e4m3fn).float() * scale).to(kv.dtype)
 
     @torch.compiler.disable
     def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +187,7 @@ class UlyssesLayout:
         return self.traffic.take()
 
     def describe(self) -> dict:
-        return {"name": self.name, "sp": self.sp, "sp_rank": self.sp_rank,
+        return {"name": self.name, "sp": self.sp, "sp_rank": self.sp_rank, "kv_exchange": self.kv_exchange,
                 "self_attention": "all-to-all Q,K,V seq->heads (stacked), output heads->seq",
                 "cache": "heads/sp per rank over the whole window", "gather": "head output, all-gather"}
 

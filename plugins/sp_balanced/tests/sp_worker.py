@@ -7,7 +7,8 @@ layout (same model object, same inputs) and writes OUT.json:
     {scenario: {"max_abs_diff": float, "ref_norm": float, "finite": bool, "chunks": int,
                 "traffic": last chunk's counted traffic, "expected": the traffic formula's bytes}}
 Scenarios: plain, sinks (sinks + shot sinks + relative RoPE + re-cache + cut), kv_fp4 (against
-single-device kv_fp4), cfg (guidance 3, batch 2), i2v (an image latent as frame 0). Always, after
+single-device kv_fp4), cfg (guidance 3, batch 2), i2v (an image latent as frame 0), fp8 (K and V
+exchanged as FP8: "relative_error" measures what that changes). Always, after
 them: "autograd" (gradients through the layout's collectives, every rank: {"round_trip", "max_grad_error"}).
 """
 from __future__ import annotations
@@ -66,6 +67,7 @@ def scenario(name: str) -> tuple[list[str], dict, dict, int, bool]:
                    {"window_frames": 8}, 1, False),
         "cfg": ([], {}, {"guidance": 3.0}, 2, False),
         "i2v": ([], {}, {}, 1, True),
+        "fp8": ([], {"sp_balanced": {"kv_exchange": "fp8"}}, {}, 1, False),
     }[name]
 
 
@@ -97,12 +99,13 @@ def main(out: str, names: list[str]) -> None:
         single = attrs.evolve(run, layout=SingleDeviceLayout())
         ref = _generate(single, model, _script(frames), batch=batch, image_latent=image)
         diff = max(float((a - b).abs().max()) for a, b in zip(got, ref))
+        rel = float((torch.cat(got, 2) - torch.cat(ref, 2)).norm() / torch.cat(ref, 2).norm())
         s, preset = run.experiment.sampler, run.preset
         expected = chunk_traffic(sp=run.mesh.sp, num_layers=preset.num_layers, num_heads=preset.num_heads,
                                  head_dim=preset.head_dim, chunk_tokens=run.geometry.chunk_tokens, batch=batch,
                                  cfg=s.guidance != 1.0, steps=s.steps, head_channels=preset.patch_channels,
-                                 element_bytes=4)
-        results[name] = {"max_abs_diff": diff, "ref_norm": float(torch.cat(ref, 2).norm()),
+                                 element_bytes=4, kv_exchange=run.layout.kv_exchange)
+        results[name] = {"max_abs_diff": diff, "relative_error": rel, "ref_norm": float(torch.cat(ref, 2).norm()),
                          "finite": all(bool(torch.isfinite(a).all()) for a in got), "chunks": len(got),
                          "traffic": sp_plugin.last_chunk, "expected": expected.total,
                          "layout": run.layout.describe()}
@@ -128,7 +131,7 @@ def _autograd(layout) -> dict:
     round_trip = float((layout.heads_to_seq(y) - x).detach().abs().max())
     weight = torch.randn(batch, tokens, heads, dim, generator=g)
     (y * weight[:, :, cols]).sum().backward()
-    errors = [float((x.grad - weight[:, rows]).abs().max()), float((y - full[:, :, cols]).abs().max())]
+    errors = [float((x.grad - weight[:, rows]).abs().max()), float((y - full[:, :, cols]).detach().abs().max())]
     z = full[:, :, cols].clone().requires_grad_(True)
     (layout.heads_to_seq(z) * weight[:, rows]).sum().backward()
     errors.append(float((z.grad - weight[:, :, cols]).abs().max()))

@@ -23,7 +23,7 @@ from longlive_plugins.sp_balanced.traffic import chunk_traffic
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
-SCENARIOS = ["plain", "sinks", "kv_fp4", "cfg", "i2v"]
+SCENARIOS = ["plain", "sinks", "kv_fp4", "cfg", "i2v", "fp8"]
 TOLERANCE = 1e-5  # fp32: the linears sum in another order over fewer rows; nothing else may differ
 
 
@@ -57,10 +57,16 @@ def test_sp_generation_equals_one_device(nproc, tmp_path):
     assert sorted(results) == sorted(SCENARIOS)
     for name, r in results.items():
         assert r["finite"] and r["chunks"] == 6 and r["ref_norm"] > 1.0, (name, r)
-        assert r["max_abs_diff"] <= TOLERANCE, f"{name}: sp={nproc} differs from one device by {r['max_abs_diff']}"
         assert r["layout"]["name"] == "ulysses" and r["layout"]["sp"] == nproc
         traffic = r["traffic"]
-        assert traffic["all_to_all"] == 2 * 4 * 3 and traffic["all_gather"] == 3  # 4 layers, 2 steps + context
+        assert traffic["all_gather"] == 3  # the head output, once per forward: 2 steps + context pass
+        if name == "fp8":  # K and V rounded to E4M3 on the way: close, not equal (measured 0.24 %)
+            assert 1e-4 < r["relative_error"] < 1e-2, r
+            assert traffic["all_to_all"] == 4 * 4 * 3 and traffic["bytes_sent"] == r["expected"]
+            assert traffic["bytes_sent"] < results["plain"]["traffic"]["bytes_sent"]
+            continue
+        assert r["max_abs_diff"] <= TOLERANCE, f"{name}: sp={nproc} differs from one device by {r['max_abs_diff']}"
+        assert traffic["all_to_all"] == 2 * 4 * 3  # 4 layers x (Q,K,V + output) x 3 forwards
         if name == "kv_fp4":  # plus one 4-byte amax all-reduce per layer, K and V, in the clean pass
             assert traffic["all_reduce"] == 2 * 4 and traffic["bytes_sent"] > r["expected"]
         else:
@@ -168,3 +174,6 @@ def test_traffic_of_the_5b():
     assert sp4.qkv_all_to_all == 5 * 30 * 3 * one and sp4.out_all_to_all == 5 * 30 * one
     assert sp4.gather == 5 * 1760 * 192 * 2 * 3 and sp4.collectives == 5 * 61
     assert chunk_traffic(sp=2, **{**common, "cfg": True}).total == 2 * chunk_traffic(sp=2, **common).total
+    fp8 = chunk_traffic(sp=4, kv_exchange="fp8", **common)  # K, V: 128 one-byte codes + a 4-byte scale a row
+    assert fp8.qkv_all_to_all == 5 * 30 * (one + 2 * 1760 * 24 * (128 + 4) * 3 // 4)
+    assert fp8.out_all_to_all == sp4.out_all_to_all and fp8.collectives == 5 * (4 * 30 + 1)

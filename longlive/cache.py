@@ -93,8 +93,8 @@ class CacheSpec:
 
     @classmethod
     def for_model(cls, config: DiTConfig, geometry: Geometry, *, window_frames: int, batch: int,
-                 dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
-                 layout: SequenceLayout | None = None) -> CacheSpec:
+                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                  layout: SequenceLayout | None = None) -> CacheSpec:
         """Spec for `config` at `geometry`; the window (in latent frames) includes the chunk being denoised.
         The head count comes from `layout` (default: single device, all heads)."""
         fpc = geometry.frames_per_chunk

@@ -159,16 +159,18 @@ def build_parts(run: RunContext, model: WanDiT | None = None) -> Parts:
 
 
 def build_cache(run: RunContext, model: WanDiT, geometry: Geometry, batch: int) -> KVCache:
-    """A KV cache for `batch` videos (doubled under CFG) from the storage and policy hooks."""
+    """A KV cache for `batch` videos (doubled under CFG) from the storage and policy hooks, in the
+    run's sequence layout (which sets the heads each rank holds)."""
     s = run.experiment.sampler
     cfg_batch = batch * (2 if s.guidance != 1.0 else 1)  # the CFG cache exists only when guidance is on
     spec = CacheSpec.for_model(model.config, geometry, window_frames=s.window_frames, batch=cfg_batch,
-                               dtype=run.dtype, device=run.device)
+                               dtype=run.dtype, device=run.device, layout=run.layout)
     storage = run.hook.longlive_make_kv_storage(spec=spec, run=run)
     policy = run.hook.longlive_make_kv_policy(spec=spec, run=run)
     cache = KVCache(spec, storage, policy)
-    log.info("KV cache: %d slots x %d tokens x %d layers, %.2f GiB (%s, %s)", spec.num_slots, spec.chunk_tokens,
-             spec.num_layers, cache.nbytes / 2**30, type(storage).__name__, type(policy).__name__)
+    log.info("KV cache: %d slots x %d tokens x %d layers x %d heads, %.2f GiB (%s, %s, layout %s)", spec.num_slots,
+             spec.chunk_tokens, spec.num_layers, spec.num_heads, cache.nbytes / 2**30, type(storage).__name__,
+             type(policy).__name__, spec.layout.name)
     return cache
 
 
@@ -205,7 +207,9 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
     Decoded frames stream out as they are ready: `on_frames(frames)` gets each piece
     [B, 3, t, H, W] (CPU, in [-1, 1]) in order, `on_latents(latents)` each chunk's latents. Nothing
     is kept unless asked: `keep_video` / `keep_latents` for callers that need the whole video in
-    memory (evaluation, short clips). The decoder is closed however the loop ends.
+    memory (evaluation, short clips). The decoder is closed however the loop ends. Under sequence
+    parallelism every rank of the launch runs the loop, but only the writer rank (`run.mesh`)
+    decodes and delivers frames: the others' latents are the same.
     """
     s = run.experiment.sampler
     loop = new_chunk_loop(run, model=parts.model, sampler=parts.sampler, text=parts.text, geometry=parts.geometry,
@@ -223,7 +227,7 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
             if keep_video:
                 video.append(piece)
 
-    decoder = make_decoder(run, parts.codec)
+    decoder = make_decoder(run, parts.codec) if run.mesh.is_writer else None
     try:
         with torch.inference_mode(), forward_context(parts.model):  # a quantization format's context, if any
             for chunk in chunks:
@@ -234,10 +238,13 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
                     on_latents(x0)
                 if keep_latents:
                     latents.append(x0)
-                decoder.push(chunk.index, x0)
-                deliver(decoder.ready())
-            deliver(decoder.flush())
+                if decoder is not None:
+                    decoder.push(chunk.index, x0)
+                    deliver(decoder.ready())
+            if decoder is not None:
+                deliver(decoder.flush())
     finally:
-        decoder.close()
-    return Rendered(used, frames, video=torch.cat(video, dim=2) if keep_video else None,
+        if decoder is not None:
+            decoder.close()
+    return Rendered(used, frames, video=torch.cat(video, dim=2) if keep_video and video else None,
                     latents=torch.cat(latents, dim=2) if keep_latents else None)

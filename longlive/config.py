@@ -148,6 +148,18 @@ class QuantConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ParallelConfig:
+    """[parallel]: how the processes of a torchrun launch share the work (docs/parallel.md).
+
+    The core builds a (dp, sp) device mesh from WORLD_SIZE: `sp` processes split each chunk's
+    sequence (a sequence-layout plugin such as sp_balanced does the splitting), dp = WORLD_SIZE / sp
+    groups work on separate data. sp = 1: every process holds whole chunks.
+    """
+
+    sp: int = attrs.field(default=1, validator=in_range(1, 1024))
+
+
+@attrs.frozen(kw_only=True)
 class Experiment:
     """A whole experiment file. `plugins` holds the raw `[plugins.<name>]` tables."""
 
@@ -157,6 +169,7 @@ class Experiment:
     generate: GenerateConfig | None = None
     bench: BenchConfig | None = None
     quant: QuantConfig = QuantConfig()
+    parallel: ParallelConfig = ParallelConfig()
     train: Any = None  # structured by longlive.train (TrainConfig) when the task is train
     plugins: dict[str, dict] = attrs.field(factory=dict)
     source: Path | None = None  # the file it came from (not part of the schema)
@@ -176,7 +189,7 @@ def resolve_path(value: str, key: str, source: Path | None, command_line_keys: f
     return (source.parent if from_file else Path.cwd()) / path
 
 
-_SECTIONS = ("run", "model", "sampler", "generate", "bench", "quant", "train", "plugins")
+_SECTIONS = ("run", "model", "sampler", "generate", "bench", "quant", "parallel", "train", "plugins")
 _PATH_KEYS = (("model", "checkpoint"), ("model", "codec_checkpoint"), ("model", "text_encoder_path"),
               ("model", "tokenizer_path"), ("model", "lora"),
               ("generate", "prompt_script"), ("generate", "image"))
@@ -240,6 +253,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
     generate = structure(table["generate"], GenerateConfig, where="generate") if "generate" in table else None
     bench = structure(table["bench"], BenchConfig, where="bench") if "bench" in table else None
     quant = structure(table.get("quant", {}), QuantConfig, where="quant")
+    parallel = structure(table.get("parallel", {}), ParallelConfig, where="parallel")
     for name in plugins:
         if name not in run.plugins:
             raise ConfigError(f"plugins.{name}: a table is given but run.plugins does not list \"{name}\"; "
@@ -253,7 +267,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
     if run.task == "train" and "train" not in table:
         raise ConfigError("train: missing table [train] (task = \"train\")")
     return Experiment(run=run, model=model, sampler=sampler, generate=generate, bench=bench, quant=quant,
-                      train=table.get("train"), plugins=dict(plugins), source=source,
+                      parallel=parallel, train=table.get("train"), plugins=dict(plugins), source=source,
                       command_line_keys=command_line_keys)
 
 
@@ -310,7 +324,7 @@ def apply_override(table: dict, item: str) -> str:
 def experiment_to_table(exp: Experiment, plugin_configs: dict[str, Any], train: Any = None) -> dict:
     """Every default filled in: the record of what ran."""
     table = {"run": unstructure(exp.run), "model": unstructure(exp.model), "sampler": unstructure(exp.sampler),
-             "quant": unstructure(exp.quant)}
+             "quant": unstructure(exp.quant), "parallel": unstructure(exp.parallel)}
     for name in ("generate", "bench"):
         if getattr(exp, name) is not None:
             table[name] = unstructure(getattr(exp, name))

@@ -72,7 +72,9 @@ class NVFP4Storage:
         """Quantize one chunk's K/V [B, T, H, D] into `slot` of `layer`, in place."""
         self._check_chunk(k, v)
         for kind, x in (("k", k), ("v", v)):
-            amax = x.detach().abs().amax().float()
+            # Over every head: under a head-split sequence layout (Ulysses SP) the ranks agree on the
+            # amax, so each quantizes its heads exactly as a single-device cache would.
+            amax = self.spec.layout.reduce_max(x.detach().abs().amax().float())
             self.amax[kind][layer, slot] = amax
             self.backend.quantize_chunk(x, amax, scale_rule=self.scale_rule,
                                         values_out=self.values[kind][layer, slot],

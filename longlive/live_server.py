@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from aiohttp import WSMsgType, web
+from PIL import Image
 
 from longlive.live_prompts import MAX_PROMPT_CHARS, PromptRejected
 
@@ -71,8 +72,6 @@ def is_loopback(host: str) -> bool:
 
 def encode_jpeg(frame: np.ndarray) -> bytes:
     """uint8 [H, W, 3] -> JPEG bytes."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
@@ -167,11 +166,7 @@ class LiveServer:
         self.session = session
         self._loop = asyncio.get_running_loop()
         self._pieces, self._ended = asyncio.Queue(), asyncio.Event()
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_get("/", self._page)
-        app.router.add_get("/ws", self._socket)
-        app.router.add_post("/api/control", self._control)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()
@@ -193,6 +188,13 @@ class LiveServer:
                 await viewer.socket.close()
             await runner.cleanup()
             self._encoder.shutdown(wait=False)
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/", self._page)
+        app.router.add_get("/ws", self._socket)
+        app.router.add_post("/api/control", self._control)
+        return app
 
     def _signalled(self, sig: int) -> None:
         log.warning("live: %s: stopping the stream and saving (again to quit at once)", signal.Signals(sig).name)

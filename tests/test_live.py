@@ -249,3 +249,21 @@ def test_live_refuses_other_tasks_and_bad_ports(capsys, tmp_path, monkeypatch):
     assert main(["live", str(experiment), "--port", "70000"]) == EXIT_BAD_INPUT
     assert "--port: 70000 is not a port" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_live_on_a_taken_port_is_one_line(capsys, tmp_path, monkeypatch):
+    import socket
+    from pathlib import Path
+
+    from longlive.cli import EXIT_BAD_INPUT, main
+
+    monkeypatch.chdir(tmp_path)
+    experiment = Path(__file__).parents[1] / "experiments" / "live_toy.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["live", str(experiment), "--port", str(port), "--run-dir", str(tmp_path / "run")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"--host/--port: cannot serve on 127.0.0.1:{port}" in err and "--port" in err
+    assert not (tmp_path / "run" / "video.mp4").exists()

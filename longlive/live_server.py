@@ -92,26 +92,35 @@ class Refused(Exception):
 
 @attrs.define(eq=False)
 class Viewer:
-    """One connected page: its socket, token and outbox (frames dropped oldest-first when it lags)."""
+    """One connected page: its socket, token and outbox of (kind, message) pairs, kind "frame",
+    "status" or "note". Only the newest status waits; past OUTBOX_FRAMES waiting frames the oldest
+    is dropped (a lagging viewer skips frames, nobody waits for it)."""
 
     id: int
     socket: web.WebSocketResponse
     token: str
     outbox: collections.deque = attrs.field(factory=collections.deque)
     wakeup: asyncio.Event = attrs.field(factory=asyncio.Event)
+    frames_waiting: int = 0
     dropped: int = 0
 
-    def send(self, message: str | bytes) -> None:
-        if isinstance(message, str) and message.startswith('{"type": "status"'):
-            self.outbox = collections.deque(m for m in self.outbox  # only the newest status matters
-                                            if not (isinstance(m, str) and m.startswith('{"type": "status"')))
-        self.outbox.append(message)
-        frames = [m for m in self.outbox if isinstance(m, bytes)]
-        if len(frames) > OUTBOX_FRAMES:
-            oldest = frames[0]
-            self.outbox.remove(oldest)
-            self.dropped += 1
+    def send(self, kind: str, message: str | bytes) -> None:
+        if kind == "status":
+            self.outbox = collections.deque(item for item in self.outbox if item[0] != "status")
+        self.outbox.append((kind, message))
+        if kind == "frame":
+            self.frames_waiting += 1
+            if self.frames_waiting > OUTBOX_FRAMES:
+                oldest = next(item for item in self.outbox if item[0] == "frame")
+                self.outbox.remove(oldest)
+                self.frames_waiting -= 1
+                self.dropped += 1
         self.wakeup.set()
+
+    def take(self) -> str | bytes:
+        kind, message = self.outbox.popleft()
+        self.frames_waiting -= kind == "frame"
+        return message
 
 
 class TokenBucket:
@@ -203,7 +212,7 @@ class LiveServer:
 
     def _on_status(self, status: dict) -> None:
         self._status = status
-        self._broadcast(json.dumps(status))
+        self._broadcast("status", json.dumps(status))
         if status["state"] in ("finished", "failed"):
             self._ended.set()
 
@@ -215,15 +224,15 @@ class LiveServer:
             try:
                 jpegs = await loop.run_in_executor(self._encoder, lambda f=frames: [encode_jpeg(x) for x in f])
                 for jpeg, info in zip(jpegs, infos):
-                    self._broadcast(frame_message(jpeg, info))
+                    self._broadcast("frame", frame_message(jpeg, info))
             except Exception:  # a frame the page cannot get never stops the stream
                 log.warning("live: could not send frames %d..%d", infos[0].frame, infos[-1].frame, exc_info=True)
             finally:
                 self._pieces.task_done()
 
-    def _broadcast(self, message: str | bytes) -> None:
+    def _broadcast(self, kind: str, message: str | bytes) -> None:
         for viewer in self.viewers.values():
-            viewer.send(message)
+            viewer.send(kind, message)
 
     # ---- handlers ----
 
@@ -248,16 +257,16 @@ class LiveServer:
             self.driver = viewer.id
         log.info("live: viewer %d connected (%s); %d watching", viewer.id,
                  "driving" if self.driver == viewer.id else "watching", len(self.viewers))
-        viewer.send(json.dumps({"type": "hello", "role": self._role(viewer), "token": viewer.token,
+        viewer.send("note", json.dumps({"type": "hello", "role": self._role(viewer), "token": viewer.token,
                                 "max_prompt_chars": MAX_PROMPT_CHARS, "viewer": viewer.id}))
         if self._status:
-            viewer.send(json.dumps(self._status))
+            viewer.send("status", json.dumps(self._status))
         sender = asyncio.create_task(self._send_loop(viewer))
         self.session.begin()
         try:
             async for message in socket:  # the page only listens; anything it sends gets an explanation
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    viewer.send(json.dumps({"type": "error", "message": "this socket only sends frames; "
+                    viewer.send("note", json.dumps({"type": "error", "message": "this socket only sends frames; "
                                             "controls go to POST /api/control"}))
         finally:
             sender.cancel()
@@ -271,7 +280,7 @@ class LiveServer:
                 await viewer.wakeup.wait()
                 viewer.wakeup.clear()
                 while viewer.outbox and not socket.closed:
-                    message = viewer.outbox.popleft()
+                    message = viewer.take()
                     if isinstance(message, bytes):
                         await socket.send_bytes(message)
                     else:
@@ -285,7 +294,7 @@ class LiveServer:
             self.driver = min(self.viewers) if self.viewers else None  # the longest-connected watcher drives
             if self.driver is not None:
                 promoted = self.viewers[self.driver]
-                promoted.send(json.dumps({"type": "role", "role": "driver",
+                promoted.send("note", json.dumps({"type": "role", "role": "driver",
                                           "message": "the driving tab left: this tab drives now"}))
         log.info("live: viewer %d left (%d frames it could not keep up with were skipped); %d connected",
                  viewer.id, viewer.dropped, len(self.viewers))

@@ -84,7 +84,7 @@ class LiveSession:
         check_live_experiment(run)
         self.run, self.listener, self.max_lead_s = run, listener, max_lead_s
         self.prompts = PagePrompts(on_chunk=self._chunk_done)
-        run.pm.register(self.prompts, name="live")
+        run.pm.register(self.prompts, name="live_page")
         g, s = run.experiment.generate, run.experiment.sampler
         self.fps, self.frames_per_chunk = g.fps, s.frames_per_chunk
         self.total_chunks = run.geometry.chunks(s.num_frames)

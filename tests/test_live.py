@@ -111,7 +111,8 @@ class Listener:
 
 def test_session_waits_for_a_viewer_takes_prompts_and_saves(run):
     """The debug model: nothing is generated before a viewer is there; a prompt typed before the start
-    is used from chunk 0; stop ends the stream after chunk 1; prompts.toml and replay.toml describe it."""
+    is used from chunk 0; pause holds between chunks, resume goes on; stop ends the stream; prompts.toml
+    and replay.toml describe what was made."""
     import tomllib
 
     from longlive.live_session import LiveSession
@@ -125,8 +126,17 @@ def test_session_waits_for_a_viewer_takes_prompts_and_saves(run):
         assert listener.count == 0  # nobody watches yet: nothing is generated
         session.submit("typed", cut=False)
         session.begin()
+        while listener.statuses[-1]["chunk"] is None:
+            assert not session.join(0.02), session.message
+        assert session.pause()
+        session.join(1.0)  # the chunk being made finishes and its frames are delivered; no other starts
+        paused = session.status()
+        assert paused["state"] == "paused" and paused["chunk"] <= 1 and paused["frames"] > 0
+        session.join(1.0)
+        assert session.status()["chunk"] == paused["chunk"] and session.status()["frames"] == paused["frames"]
+        assert session.resume() and not session.resume()
         while not session.join(0.05):
-            if listener.statuses[-1]["chunk"] == 1:
+            if listener.statuses[-1]["chunk"] >= paused["chunk"] + 1:
                 session.stop()
     finally:
         session.stop()
@@ -267,3 +277,18 @@ def test_live_on_a_taken_port_is_one_line(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert f"--host/--port: cannot serve on 127.0.0.1:{port}" in err and "--port" in err
     assert not (tmp_path / "run" / "video.mp4").exists()
+
+
+def test_a_lagging_viewer_skips_its_oldest_frames_and_keeps_the_newest_status():
+    from longlive.live_server import OUTBOX_FRAMES, Viewer
+
+    viewer = Viewer(id=1, socket=None, token="t")
+    viewer.send("note", "hello")
+    for i in range(OUTBOX_FRAMES + 10):
+        viewer.send("frame", bytes([i]))
+        viewer.send("status", f"status {i}")
+    sent = [viewer.take() for _ in range(len(viewer.outbox))]
+    assert sent[0] == "hello" and sent[-1] == f"status {OUTBOX_FRAMES + 9}"
+    assert [m for m in sent if isinstance(m, str) and m.startswith("status")] == [sent[-1]]
+    assert [m for m in sent if isinstance(m, bytes)] == [bytes([i]) for i in range(10, OUTBOX_FRAMES + 10)]
+    assert viewer.dropped == 10 and viewer.frames_waiting == 0

@@ -5,7 +5,7 @@ Starts the live command (a subprocess, one torch thread), opens the page in Debi
 README test command; a missing browser fails this test), waits for frames, types a motion
 switch and then a new shot, sends bad input (empty, huge, binary, a flood, a watcher tab,
 another origin), stops, and checks on the saved mp4 by ToyBench that the video followed the
-typed captions. Then the saved replay.toml is run through `longlive run` and must give the same
+typed captions. Pause and resume are clicked too. Then the saved replay.toml is run through `longlive run` and must give the same
 video. The page's screenshot is written to test-artifacts/live_page.png; the measured prompt
 latency and page frame rate are printed (docs/benchmarks.md records them).
 """
@@ -132,6 +132,16 @@ def test_live_page_end_to_end(tmp_path):
             page.wait_for_function(f"window.liveStats.framesReceived >= {frames_at_cut + 3 * FRAMES_PER_CHUNK}",
                                    timeout=60_000)
             watcher.close()  # a closed tab stops nothing
+
+            # pause holds the stream between chunks; resume goes on
+            page.click("#pause")
+            page.wait_for_function("window.liveStats.state === 'paused'")
+            page.wait_for_timeout(4000)  # the chunk being made finishes and arrives
+            held = stats()["framesReceived"]
+            page.wait_for_timeout(1500)
+            assert stats()["framesReceived"] == held
+            page.click("#resume")
+            page.wait_for_function(f"window.liveStats.framesReceived > {held}", timeout=60_000)
 
             # a flood of prompts: refused past the rate limit with a message, the generator goes on
             flood = page.evaluate("""async (prompt) => {

@@ -158,6 +158,7 @@ def test_live_page_end_to_end(tmp_path):
             page.screenshot(path=str(tmp_path / "live_page.png"))
             shutil.copy(tmp_path / "live_page.png", ARTIFACTS / "live_page.png")
             delivered = stats()
+            assert 0 < delivered["deliveredFps"] <= 2 * 8, delivered["deliveredFps"]  # the page's own rate: sane
             page.click("#stop")
             page.wait_for_function("window.liveStats.state === 'finished'", timeout=120_000)
             final = stats()

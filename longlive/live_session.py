@@ -93,6 +93,7 @@ class LiveSession:
         self._state = "starting"
         self._stop_requested = False
         self._watched = False  # the first chunk waits for a viewer (begin()): nobody misses the start
+        self._held = False  # the generator waits between chunks for a viewer or a resume
         self._paused_since: float | None = None
         self._paused_total = 0.0
         self._first_frame_at: float | None = None
@@ -175,7 +176,7 @@ class LiveSession:
                 "chunk": last.chunk.index if last else None, "chunks": self.total_chunks,
                 "shot": last.chunk.shot_index if last else None, "prompt": last.chunk.prompt if last else None,
                 "request": last.request.id if last and last.request else None,
-                "pending": pending.id if pending else None,
+                "pending": pending.id if pending else None, "held": self._held,
                 "video_seconds": round(video_s, 3), "busy_seconds": round(self._busy, 3),
                 "speed": round(video_s / self._busy, 3) if self._busy > 0 else None,
                 "message": self.message, "run_dir": str(self.run.run_dir), "saved": list(self.saved),
@@ -247,11 +248,19 @@ class LiveSession:
                 while not self._stop_requested:
                     ahead = self._lead()
                     if self._state == "paused" or not self._watched:
-                        self._cond.wait()
+                        self._held = True
+                        self._cond.release()  # tell the page the generator holds (the listener may take time)
+                        try:
+                            self._publish()
+                        finally:
+                            self._cond.acquire()
+                        if self._state == "paused" or not self._watched:
+                            self._cond.wait()
                     elif ahead > self.max_lead_s:
                         self._cond.wait(timeout=ahead - self.max_lead_s)
                     else:
                         break
+                self._held = False
                 if self._stop_requested:
                     return
             started = time.monotonic()

@@ -129,7 +129,8 @@ def test_session_waits_for_a_viewer_takes_prompts_and_saves(run):
         while listener.statuses[-1]["chunk"] is None:
             assert not session.join(0.02), session.message
         assert session.pause()
-        session.join(1.0)  # the chunk being made finishes and its frames are delivered; no other starts
+        while not session.status()["held"]:  # the chunk being made finishes and its frames are delivered
+            assert not session.join(0.02), session.message
         paused = session.status()
         assert paused["state"] == "paused" and paused["chunk"] <= 1 and paused["frames"] > 0
         session.join(1.0)

@@ -136,7 +136,9 @@ def test_live_page_end_to_end(tmp_path):
             # pause holds the stream between chunks; resume goes on
             page.click("#pause")
             page.wait_for_function("window.liveStats.state === 'paused'")
-            page.wait_for_timeout(4000)  # the chunk being made finishes and arrives
+            page.wait_for_function("window.liveStats.lastStatus.held && "  # the chunk being made finished
+                                   "window.liveStats.framesReceived === window.liveStats.lastStatus.frames",
+                                   timeout=60_000)
             held = stats()["framesReceived"]
             page.wait_for_timeout(1500)
             assert stats()["framesReceived"] == held

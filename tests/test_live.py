@@ -293,3 +293,22 @@ def test_a_lagging_viewer_skips_its_oldest_frames_and_keeps_the_newest_status():
     assert [m for m in sent if isinstance(m, str) and m.startswith("status")] == [sent[-1]]
     assert [m for m in sent if isinstance(m, bytes)] == [bytes([i]) for i in range(10, OUTBOX_FRAMES + 10)]
     assert viewer.dropped == 10 and viewer.frames_waiting == 0
+
+
+def test_only_loopback_binds_are_quiet(capsys, tmp_path, monkeypatch, caplog):
+    """Another address is served only when asked, with a warning (192.0.2.1 is a documentation address:
+    not this machine's, so the bind fails locally, one line, and nothing is sent anywhere)."""
+    import logging
+    from pathlib import Path
+
+    from longlive.cli import EXIT_BAD_INPUT, main
+    from longlive.live_server import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "192.0.2.1", "::", "example.org"]))
+    monkeypatch.chdir(tmp_path)
+    experiment = Path(__file__).parents[1] / "experiments" / "live_toy.toml"
+    with caplog.at_level(logging.WARNING, logger="longlive"):
+        code = main(["live", str(experiment), "--host", "192.0.2.1", "--port", "0", "--run-dir", str(tmp_path / "r")])
+    assert code == EXIT_BAD_INPUT and "cannot serve on 192.0.2.1:0" in capsys.readouterr().err
+    assert any("serving on 192.0.2.1, not this machine only" in r.getMessage() for r in caplog.records)

@@ -192,6 +192,7 @@ class LiveServer:
             await self._pieces.join()  # every frame reached the outboxes
             await asyncio.sleep(self.linger_s)
         finally:
+            session.stop()  # a no-op after the normal end; after a server failure the stream ends and is saved
             fanout.cancel()
             for viewer in list(self.viewers.values()):
                 await viewer.socket.close()

@@ -1,4 +1,4 @@
-"""Command line: `python -m longlive run | validate | sweep | plugins`.
+"""Command line: `python -m longlive run | live | validate | sweep | plugins`.
 
 Exit codes: 0 ok, 2 bad input (ConfigError: one line, no traceback), 1 runtime failure.
 This module and longlive/distributed.py are the only places that read environment variables.
@@ -43,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume a checkpoint although the experiment changed in a way that breaks exact resume "
                           "(both experiments are kept in the run directory)")
 
+    live = sub.add_parser("live", help="generate as a stream: watch and steer it from a local web page",
+                          description="Run a generate experiment as a stream and serve a page that plays the frames "
+                          "as they are decoded and takes typed prompts (a switch, or a cut with \"new shot\") at the "
+                          "next chunk. At stop the mp4, prompts.toml and replay.toml are saved in the run directory.")
+    live.add_argument("experiment", type=Path, help="the experiment TOML file (task = \"generate\")")
+    live.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override one value (TOML syntax; repeatable)")
+    live.add_argument("--run-dir", type=Path, default=None, help="write outputs here instead of a new timestamped folder")
+    live.add_argument("--port", type=int, default=8000, help="the page's port (default 8000; 0 picks a free one)")
+    live.add_argument("--host", default="127.0.0.1",
+                      help="the address to bind (default 127.0.0.1: this machine only; any other address lets "
+                           "whoever reaches it watch and steer, with a warning)")
+
     val = sub.add_parser("validate", help="check experiment files without running them",
                          description="Load each experiment, build its plugins and check every table and path.")
     val.add_argument("experiments", type=Path, nargs="+", help="experiment TOML files")
@@ -74,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _configure_console_logging(logging.DEBUG if args.verbose else
-                               logging.INFO if args.command in ("run", "sweep") else logging.WARNING)
+                               logging.INFO if args.command in ("run", "live", "sweep") else logging.WARNING)
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "live":
+            return _cmd_live(args)
         if args.command == "validate":
             return _cmd_validate(args)
         if args.command == "sweep":
@@ -121,6 +136,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(summary)
         print(f"outputs: {run.run_dir}")
     return EXIT_OK
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from longlive.config import load_experiment
+    from longlive.live_session import LiveSession, check_live_experiment
+    from longlive.run import make_run
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: {args.port} is not a port; give 0..65535 (0 picks a free one)")
+    experiment = load_experiment(args.experiment, args.overrides)
+    if experiment.run.task != "generate":  # before the run directory exists
+        raise ConfigError(f"run.task: live streams a generate experiment, got {experiment.run.task!r}; "
+                          "use an experiment with task = \"generate\"")
+    try:
+        from longlive.live_server import LiveServer, is_loopback
+    except ImportError as e:
+        raise ConfigError(f"live needs the `live` extra ({e.name} is missing): pip install 'longlive[live]'") from None
+    if not is_loopback(args.host):
+        log.warning("live: serving on %s, not this machine only: anyone who can reach port %d there can watch "
+                    "and steer the stream (there is no login)", args.host, args.port)
+    run = make_run(experiment, run_dir=args.run_dir)
+    check_live_experiment(run)
+    _add_file_log(run.run_dir / "log.txt")
+    server = LiveServer(host=args.host, port=args.port)
+    session = LiveSession(run, server)
+
+    def ready(url: str) -> None:
+        print(f"live: open {url} (Ctrl-C stops the stream and saves it) -> {run.run_dir}", flush=True)
+
+    try:
+        server.serve(session, on_ready=ready)
+    except OSError as e:  # the port is taken, the address is not this machine's (nothing was generated)
+        raise ConfigError(f"--host/--port: cannot serve on {args.host}:{args.port} ({e.strerror or e}); "
+                          "pick another with --port (0: any free port)") from None
+    session.join()
+    status = session.status()
+    print(session.message)
+    print(f"outputs: {run.run_dir}")
+    return EXIT_OK if status["state"] == "finished" else EXIT_FAILURE
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

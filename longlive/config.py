@@ -193,6 +193,7 @@ _SECTIONS = ("run", "model", "sampler", "generate", "bench", "quant", "parallel"
 _PATH_KEYS = (("model", "checkpoint"), ("model", "codec_checkpoint"), ("model", "text_encoder_path"),
               ("model", "tokenizer_path"), ("model", "lora"),
               ("generate", "prompt_script"), ("generate", "image"))
+PATH_KEYS = _PATH_KEYS  # (section, key) of every core path value
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:

@@ -21,7 +21,7 @@ import attrs
 import torch
 
 from longlive.cache import ChunkKV, KVCache
-from longlive.prompts import ChunkPrompt
+from longlive.prompts import ChunkPrompt, NewShot
 
 if TYPE_CHECKING:
     from longlive.model.dit import WanDiT
@@ -47,6 +47,8 @@ class GenerationState:
     image_latent: torch.Tensor | None = None  # I2V: [B, C, 1, H, W], replaces frame 0 at t=0
     chunk_index: int = 0
     prompt: str | None = None  # the prompt in force (without any conditioning prefix)
+    chunk: ChunkPrompt | None = None  # the chunk being generated, as a live source made it (prompt, shot, events)
+    live_cuts: int = 0  # shots a live source started (NewShot): later shot indices count them
     _embedded: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
     @property
@@ -80,7 +82,7 @@ class ChunkLoop:
             hook.longlive_shot_start(shot_index=chunk.shot_index, chunk_index=chunk.index, state=state, run=run)
         if chunk.switch:
             hook.longlive_prompt_switch(chunk_index=chunk.index, prompt=chunk.prompt, state=state, run=run)
-        state.prompt = chunk.prompt
+        state.prompt, state.chunk = chunk.prompt, chunk
         prefix = hook.longlive_prompt_prefix(chunk=chunk, state=state, run=run)
         context = state.context((prefix or "") + chunk.prompt)
         kv = state.cache.begin(chunk.index)
@@ -90,17 +92,25 @@ class ChunkLoop:
         return x0
 
     def used_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
-        """`chunk` with the prompt that was in force when it was generated (a live source may differ)."""
-        return attrs.evolve(chunk, prompt=self.state.prompt)
+        """`chunk` as it was generated: the prompt in force, and the shot events a live source may have added."""
+        used = self.state.chunk
+        return used if used is not None and used.index == chunk.index else attrs.evolve(chunk, prompt=self.state.prompt)
 
     def _live_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
-        """A live prompt source may replace the scheduled prompt; a change inside a shot is a switch."""
-        live = self.hook.longlive_next_prompt(chunk=chunk, state=self.state, run=self.run)
+        """A live prompt source may replace the scheduled prompt; a change inside a shot is a switch, and a
+        `NewShot` answer a cut (a shot start; every later shot index counts it)."""
+        state = self.state
+        live = self.hook.longlive_next_prompt(chunk=chunk, state=state, run=self.run)
         if self.hook.longlive_next_prompt.get_hookimpls():  # a live source: one answer for every rank of an SP group
-            live = self.state.cache.spec.layout.agree(live)
+            live = state.cache.spec.layout.agree(live)
+        if isinstance(live, NewShot):
+            if not chunk.shot_start and chunk.index > 0:
+                state.live_cuts += 1
+                chunk = attrs.evolve(chunk, shot_start=True)
+            live = live.prompt
         prompt = chunk.prompt if live is None else live
-        switched = not chunk.shot_start and self.state.prompt is not None and prompt != self.state.prompt
-        return attrs.evolve(chunk, prompt=prompt, switch=switched)
+        switched = not chunk.shot_start and state.prompt is not None and prompt != state.prompt
+        return attrs.evolve(chunk, prompt=prompt, switch=switched, shot_index=chunk.shot_index + state.live_cuts)
 
     def denoise(self, noise: torch.Tensor, context: torch.Tensor, kv: ChunkKV) -> torch.Tensor:
         state = self.state

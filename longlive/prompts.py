@@ -60,6 +60,15 @@ class ChunkPrompt:
     switch: bool  # the prompt changed inside the shot at this chunk
 
 
+@attrs.frozen
+class NewShot:
+    """A live prompt source's answer that cuts: a new shot starts at this chunk with `prompt`.
+
+    A plain string answer is a prompt switch inside the shot (longlive_next_prompt)."""
+
+    prompt: str
+
+
 def load_prompt_script(path: str | Path) -> PromptScript:
     path = Path(path)
     where = f"prompt script {path.name}"
@@ -117,3 +126,29 @@ def pixel_schedule(chunks: list[ChunkPrompt], *, frames_per_chunk: int, temporal
             first = c.index * frames_per_chunk
             out.append((0 if first == 0 else 1 + temporal_stride * (first - 1), c.prompt))
     return out
+
+
+def dump_prompt_script(chunks: list[ChunkPrompt], *, frames_per_chunk: int) -> str:
+    """The prompt script (TOML text) that schedules `chunks` (as generated: a live source's prompts,
+    switches and cuts included) again: a shot per shot start, a switch wherever the prompt changes
+    inside a shot. `chunk_prompts` of it gives back the same prompts and events."""
+    import json
+
+    def quoted(text: str) -> str:  # JSON escapes are TOML basic-string escapes; TOML also wants DEL escaped
+        return json.dumps(text).replace("\x7f", "\\u007f")
+
+    if not chunks or not chunks[0].shot_start:
+        raise ValueError("dump_prompt_script: the first chunk must start a shot")
+    shots: list[list[ChunkPrompt]] = []
+    for chunk in chunks:
+        if chunk.shot_start:
+            shots.append([])
+        shots[-1].append(chunk)
+    lines = [f"# {len(chunks)} chunks of {frames_per_chunk} latent frames, {len(shots)} shots"]
+    for shot in shots:
+        lines += ["", "[[shot]]", f"prompt = {quoted(shot[0].prompt)}", f"frames = {len(shot) * frames_per_chunk}"]
+        switches = [f"{{ at_frame = {local * frames_per_chunk}, prompt = {quoted(c.prompt)} }}"
+                    for local, c in enumerate(shot) if local and c.prompt != shot[local - 1].prompt]
+        if switches:
+            lines.append("switches = [\n    " + ",\n    ".join(switches) + ",\n]")
+    return "\n".join(lines) + "\n"

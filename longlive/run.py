@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 import pluggy
@@ -291,11 +291,13 @@ def write_run_record(run: RunContext) -> None:
     _write_atomic(path, json.dumps(versions, indent=2) + "\n")
 
 
-def run_task(run: RunContext) -> dict:
-    """Run `run.task` with the check-compat, run-end and logging protocol around it."""
+def run_task(run: RunContext, task: Callable[[RunContext], dict] | None = None) -> dict:
+    """Run `run.task` (or `task`, a function of the run: `longlive live` streams a generation through
+    its own) with the check-compat, run-end and logging protocol around it."""
     run.hook.longlive_check_compat(run=run)
     write_run_record(run)
-    task = run.components.get("task", run.experiment.run.task, where="run.task").value
+    if task is None:
+        task = run.components.get("task", run.experiment.run.task, where="run.task").value
     result: dict = {}
     try:
         result = task(run) or {}

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from longlive.model.dit import WanDiT
     from longlive.parallel import ParallelMesh
     from longlive.pipeline import GenerationState
-    from longlive.prompts import ChunkPrompt
+    from longlive.prompts import ChunkPrompt, NewShot
     from longlive.protocols import Codec, Decoder, Objective
     from longlive.run import RunContext
 
@@ -198,12 +198,14 @@ def longlive_make_decoder(codec: Codec, device: torch.device, run: RunContext) -
 
 
 @hookspec(firstresult=True)
-def longlive_next_prompt(chunk: ChunkPrompt, state: GenerationState, run: RunContext) -> str | None:
+def longlive_next_prompt(chunk: ChunkPrompt, state: GenerationState, run: RunContext) -> str | NewShot | None:
     """Role: the live prompt source. Return a prompt that replaces the scheduled `chunk.prompt`.
 
     When: before every chunk; `state` is the GenerationState (`state.prompt`: the prompt in
     force). None keeps the scheduled prompt. When the answer differs from the prompt in force
-    (inside a shot), the core emits `longlive_prompt_switch` for this chunk. Never block: poll
+    (inside a shot), the core emits `longlive_prompt_switch` for this chunk. A `NewShot(prompt)`
+    answer (longlive/prompts.py) is a cut instead: the chunk starts a new shot
+    (`longlive_shot_start`, with the shot index one past the one in force). Never block: poll
     and return.
     """
 

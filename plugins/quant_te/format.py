@@ -46,8 +46,9 @@ class TENVFP4Format:
     name = "te_nvfp4"
     block_size = 16  # TE: NVFP4 GEMM dims divisible by 16 (the applier checks every converted linear)
     # Declared error of a converted linear (tests/quant/test_format_contract.py): relative Frobenius
-    # error against fp64 on random inputs, W4A4 with 16x16 weight tiles (measured ~0.13).
-    expected_error = 0.2
+    # error against fp64 on random inputs, W4A4 with 16x16 weight tiles: measured 0.15 forward,
+    # 0.17 wgrad and 0.18 dgrad (stochastic rounding adds variance to the gradients).
+    expected_error = 0.25
 
     def __init__(self, config: Any, te_loader: Callable[[], TEApi] = load_te) -> None:
         self.config = config

@@ -66,7 +66,8 @@ def check_config(config: Any) -> None:
     """TE's own constraints on the recipe, as one ConfigError naming the key (validation time)."""
     if config.nvfp4_4over6 != "none" and not (config.disable_rht and config.disable_stochastic_rounding):
         on = [k for k in ("disable_rht", "disable_stochastic_rounding") if not getattr(config, k)]
-        raise ConfigError(f"nvfp4_4over6: {config.nvfp4_4over6!r} needs {' and '.join(f'{k} = true' for k in on)}: "
+        raise ConfigError(f'nvfp4_4over6: "{config.nvfp4_4over6}" needs'
+                          f" {' and '.join(f'{k} = true' for k in on)}: "
                           f"TE's 4over6 quantizer supports neither RHT nor stochastic rounding; "
                           f"set them, or nvfp4_4over6 = \"none\"")
 

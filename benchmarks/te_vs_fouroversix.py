@@ -35,6 +35,8 @@ TE_46 = {"disable_rht": True, "disable_stochastic_rounding": True, "nvfp4_4over6
 RULE_SETS = [  # (label, plugin, table)
     ("TE default (2D W, SR+RHT grads)", "te", {}),
     ("TE 1D weights", "te", {"disable_2d_quantization": True}),
+    ("TE no RHT", "te", {"disable_rht": True}),
+    ("TE no SR", "te", {"disable_stochastic_rounding": True}),
     ("TE no RHT, no SR", "te", {"disable_rht": True, "disable_stochastic_rounding": True}),
     ("TE 4/6 all, MAE (no RHT, no SR)", "te", TE_46),
     ("TE 4/6 all, MSE (no RHT, no SR)", "te", {**TE_46, "nvfp4_4over6_err_mode": "MSE"}),

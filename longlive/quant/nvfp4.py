@@ -11,7 +11,7 @@ reduction dim K). Three numbers describe every element:
 
 amax = max|x| over the tensor; V is the E2M1 value the largest element maps to (6, or 4 for
 `static_4`), S is the largest block scale (448, or 256 for the 4/6 rules, so that a block scale
-times 1.5 still fits in E4M3). Quantizing one block (fouroversix 1.0.5's fp32 op order, which we
+times 1.5 still fits in E4M3; `scale_max=448` keeps 448 for a 4/6 rule, as TE allows). Quantizing one block (fouroversix 1.0.5's fp32 op order, which we
 match bit for bit; TE folds 1/6 into the global scale and differs at rare exact ties):
 
     enc = (V * S) / amax                     per tensor (all scales 0 when amax == 0)
@@ -84,10 +84,18 @@ _RTNE_INCLUSIVE = (0.75, 1.75, 3.5)  # ties 0.75 -> 1, 1.75 -> 2, 3.5 -> 4
 _FIXED_RHT_SIGNS = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
 
 
-def scale_rule_constants(scale_rule: str) -> tuple[float, float]:
-    """(V, S): the E2M1 value a tensor's amax maps to and the largest block scale."""
+def scale_rule_constants(scale_rule: str, scale_max: float | None = None) -> tuple[float, float]:
+    """(V, S): the E2M1 value a tensor's amax maps to and the largest block scale.
+
+    `scale_max` overrides S (TE's `nvfp4_4over6_e4m3_use_256` lets 4/6 tensors keep 448; its map-to-4
+    candidate then clamps at 448 like any scale); None keeps the rule's own bound.
+    """
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"scale_rule={scale_rule!r} is not one of {SCALE_RULES}")
+    if scale_max is not None:
+        if scale_max not in (E4M3_MAX, E4M3_MAX_FOUR_OVER_SIX):
+            raise ValueError(f"scale_max={scale_max!r} is not one of ({E4M3_MAX}, {E4M3_MAX_FOUR_OVER_SIX})")
+        return scale_rule_constants(scale_rule)[0], scale_max
     if scale_rule == "static_6":
         return E2M1_MAX, E4M3_MAX
     if scale_rule == "static_4":
@@ -95,9 +103,9 @@ def scale_rule_constants(scale_rule: str) -> tuple[float, float]:
     return E2M1_MAX, E4M3_MAX_FOUR_OVER_SIX
 
 
-def global_decode_scale(amax: torch.Tensor, scale_rule: str) -> torch.Tensor:
+def global_decode_scale(amax: torch.Tensor, scale_rule: str, scale_max: float | None = None) -> torch.Tensor:
     """g = amax / (V * S) in FP32: multiply block values q * s_b by it to dequantize."""
-    value_max, scale_max = scale_rule_constants(scale_rule)
+    value_max, scale_max = scale_rule_constants(scale_rule, scale_max)
     return amax.float() / torch.tensor(value_max * scale_max, dtype=torch.float32, device=amax.device)
 
 
@@ -269,6 +277,7 @@ class NVFP4Tensor:
     packed:  uint8 [..., K_pad/2], two E2M1 codes a byte (element 2i in the low nibble)
     scales:  float8_e4m3fn [..., K_pad/16], row-major, one per 1x16 block (2D: tile scale per row)
     amax:    FP32 0-d, the per-tensor max|x| the global scale derives from
+    scale_max: the global bound S when it is not the rule's own (`scale_rule_constants`), else None
     """
 
     packed: torch.Tensor
@@ -277,11 +286,12 @@ class NVFP4Tensor:
     shape: tuple[int, ...]
     scale_rule: str
     block_2d: bool = False
+    scale_max: float | None = None
 
     @property
     def global_scale(self) -> torch.Tensor:
         """FP32 decode scale g = amax / (V * S)."""
-        return global_decode_scale(self.amax, self.scale_rule)
+        return global_decode_scale(self.amax, self.scale_rule, self.scale_max)
 
     def codes(self) -> torch.Tensor:
         """uint8 [..., K_pad] element codes."""
@@ -337,14 +347,16 @@ def quantize_blocks(
     round_style: RoundStyle = "nearest",
     generator: torch.Generator | None = None,
     op_order: OpOrder = "fouroversix",
+    scale_max: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize FP32 blocks [..., n] (n = 16, or 256 for 2D tiles) with the tensor's amax.
 
-    Returns (codes uint8 [..., n], scales float8_e4m3fn [...]). `op_order`: module docstring.
+    Returns (codes uint8 [..., n], scales float8_e4m3fn [...]). `op_order`: module docstring;
+    `scale_max`: see `scale_rule_constants`.
     """
     if op_order not in OP_ORDERS:
         raise ValueError(f"op_order={op_order!r} is not one of {OP_ORDERS}")
-    value_max, scale_max = scale_rule_constants(scale_rule)
+    value_max, scale_max = scale_rule_constants(scale_rule, scale_max)
     amax = amax.float().reshape(())
     both_max = torch.tensor(value_max * scale_max, dtype=torch.float32, device=blocks.device)
     encode = both_max / amax  # inf when amax == 0; masked below
@@ -387,11 +399,13 @@ def quantize(
     round_style: RoundStyle = "nearest",
     generator: torch.Generator | None = None,
     op_order: OpOrder = "fouroversix",
+    scale_max: float | None = None,
 ) -> NVFP4Tensor:
     """Quantize x [..., K] to NVFP4 along its last dim; K (and rows for 2D) padded with zeros.
 
     `amax` overrides max|x| (e.g. a KV-cache slot's amax); `block_2d` needs a 2-D x; `op_order`
-    picks fouroversix's or TE's FP32 op order (module docstring).
+    picks fouroversix's or TE's FP32 op order (module docstring); `scale_max` overrides the rule's
+    global bound S (`scale_rule_constants`).
     """
     if block_2d and x.ndim != 2:
         raise ValueError(f"quantize: block_2d needs a 2-D tensor, got shape {tuple(x.shape)}")
@@ -410,7 +424,8 @@ def quantize(
     else:
         blocks = flat.reshape(rows, nb, BLOCK_SIZE)  # [R, K/16, 16]
     codes, scales = quantize_blocks(
-        blocks, amax, scale_rule=scale_rule, round_style=round_style, generator=generator, op_order=op_order
+        blocks, amax, scale_rule=scale_rule, round_style=round_style, generator=generator, op_order=op_order,
+        scale_max=scale_max,
     )
     if block_2d:  # back to [R, K_pad] codes and per-row [R, K/16] scales
         codes = codes.reshape(-1, nb, BLOCK_SIZE, BLOCK_SIZE).permute(0, 2, 1, 3).reshape(rows_pad, k_pad)
@@ -424,6 +439,7 @@ def quantize(
         shape=tuple(x.shape),
         scale_rule=scale_rule,
         block_2d=block_2d,
+        scale_max=scale_max,
     )
 
 

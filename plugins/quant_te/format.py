@@ -18,7 +18,7 @@ from torch import nn
 from longlive.errors import ConfigError
 from longlive_plugins.quant_te.emulated import TEEmulatedLinear
 from longlive_plugins.quant_te.real import TELinear
-from longlive_plugins.quant_te.recipe import check_emulable, operand_rules, recipe_kwargs
+from longlive_plugins.quant_te.recipe import operand_rules, recipe_kwargs
 from longlive_plugins.quant_te.te_api import TE_INSTALL, TEApi, load_te
 
 REAL_MIN_CAPABILITY = (10, 0)  # TE's _compute_nvfp4_support: NVFP4 needs compute capability >= 10.0
@@ -76,7 +76,6 @@ class TENVFP4Format:
         if path == "real":
             self.real_modules += 1
             return TELinear.from_linear(linear, te=self.te(), quant_format=self)
-        check_emulable(self.config)
         return TEEmulatedLinear.from_linear(linear, rules=operand_rules(self.config), quant_format=self)
 
     def packed_state(self, module: nn.Module) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import attrs
 from longlive.components import Lazy
 from longlive.registry import hookimpl
 from longlive.structure import one_of
-from longlive_plugins.quant_te.recipe import ERR_MODES, SCOPES, check_config, check_emulable
+from longlive_plugins.quant_te.recipe import ERR_MODES, SCOPES, check_config
 
 log = logging.getLogger(__name__)
 
@@ -60,5 +60,3 @@ class QuantTE:
         if not roles:
             log.warning("plugin quant_te is enabled but no [quant] role uses %r; set quant.generator = %r",
                         FORMAT_NAME, FORMAT_NAME)
-        elif experiment.quant.mode == "emulate":
-            check_emulable(self.config)  # fail before any weights load

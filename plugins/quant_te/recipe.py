@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from longlive.errors import ConfigError
+from longlive.quant.nvfp4 import E4M3_MAX
 
 SCOPES = ("none", "weights", "activations", "all")  # TE's _NVFP4_4OVER6_SCOPES
 ERR_MODES = ("MAE", "MSE")  # TE's _NVFP4_4OVER6_ERR_MODES
@@ -42,11 +43,12 @@ class OperandRule:
     block_2d: bool
     round_style: str  # "nearest" | "stochastic"
     rht: bool  # on the column-wise (transposed) copy, i.e. the wgrad operand
+    scale_max: float | None = None  # 448 for a 4/6 operand outside nvfp4_4over6_e4m3_use_256, else the rule's own
 
     def quantize_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `nvfp4.quantize` for this operand (TE's op order)."""
         return {"scale_rule": self.scale_rule, "block_2d": self.block_2d, "round_style": self.round_style,
-                "op_order": "te"}
+                "op_order": "te", "scale_max": self.scale_max}
 
 
 @attrs.frozen(kw_only=True)
@@ -77,6 +79,13 @@ def recipe_kwargs(config: Any) -> dict[str, Any]:
     return {**attrs.asdict(config), **FIXED_RECIPE_FIELDS}
 
 
+def _four_over_six_bound(config: Any, role: str) -> float | None:
+    """448 for a 4/6 operand that `nvfp4_4over6_e4m3_use_256` leaves at the standard bound, else None."""
+    if _in_scope(config.nvfp4_4over6, role) and not _in_scope(config.nvfp4_4over6_e4m3_use_256, role):
+        return E4M3_MAX
+    return None
+
+
 def operand_rules(config: Any) -> OperandRules:
     """Each operand's rule under the recipe (module docstring)."""
     four_over_six = config.nvfp4_4over6_err_mode.lower()  # core rule names "mae" / "mse"
@@ -84,20 +93,12 @@ def operand_rules(config: Any) -> OperandRules:
     input_46 = _in_scope(config.nvfp4_4over6, "activations")
     return OperandRules(
         input=OperandRule(scale_rule=four_over_six if input_46 else "static_6", block_2d=False,
-                          round_style="nearest", rht=not config.disable_rht),
+                          round_style="nearest", rht=not config.disable_rht,
+                          scale_max=_four_over_six_bound(config, "activations")),
         weight=OperandRule(scale_rule=four_over_six if weight_46 else "static_6",
-                           block_2d=not config.disable_2d_quantization, round_style="nearest", rht=False),
+                           block_2d=not config.disable_2d_quantization, round_style="nearest", rht=False,
+                           scale_max=_four_over_six_bound(config, "weights")),
         grad=OperandRule(scale_rule="static_6", block_2d=False,
                          round_style="nearest" if config.disable_stochastic_rounding else "stochastic",
                          rht=not config.disable_rht),
     )
-
-
-def check_emulable(config: Any) -> None:
-    """The emulated path's limit: 4/6 tensors at TE's 448 bound are not emulated (the core ties 4/6 to 256)."""
-    for role in ("weights", "activations"):
-        if _in_scope(config.nvfp4_4over6, role) and not _in_scope(config.nvfp4_4over6_e4m3_use_256, role):
-            raise ConfigError(f"plugins.quant_te.nvfp4_4over6_e4m3_use_256: {config.nvfp4_4over6_e4m3_use_256!r} "
-                              f"leaves the 4/6 {role} at the E4M3 bound 448, which the emulated path does not "
-                              f"implement (the core reference's 4/6 rules use 256); set it to \"all\" or run the "
-                              f"real path")

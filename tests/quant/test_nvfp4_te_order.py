@@ -85,15 +85,15 @@ def _te_static6(x: torch.Tensor, tile_rows: int) -> tuple[torch.Tensor, torch.Te
     return q * s.float().repeat_interleave(16, dim=1), s.view(torch.uint8), amax
 
 
-def _te_four_over_six_1d(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """TE's 4/6 on 1x16 blocks with the 256 bound: (block values [R, K_pad], scale bits [R, K_pad/16])."""
+def _te_four_over_six_1d(x: torch.Tensor, mode: str, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TE's 4/6 on 1x16 blocks with the global E4M3 bound 256 or 448: (block values [R, K_pad], scale bits)."""
     rows, k = x.shape
     kp = -(-k // 16) * 16
     xf = torch.zeros(rows, kp)
     xf[:, :k] = x.float()
     blocks = xf.reshape(rows, kp // 16, 16)
     amax = xf.abs().max()
-    g_enc = torch.clamp(torch.tensor(6.0 * 256.0) / amax, max=FP32_MAX)
+    g_enc = torch.clamp(torch.tensor(6.0 * bound) / amax, max=FP32_MAX)
     g_dec = 1.0 / g_enc
     base = (blocks.abs().amax(-1, keepdim=True) / 6.0) * g_enc
     picks = []
@@ -103,7 +103,7 @@ def _te_four_over_six_1d(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torc
         q = _te_round(torch.clamp(blocks * enc_b, -6.0, 6.0))
         err = torch.zeros(rows, kp // 16)
         for i in range(16):  # FP32, element order
-            diff = ((q[..., i] * s.float()[..., 0]) * amax) / (6.0 * 256.0) - blocks[..., i]
+            diff = ((q[..., i] * s.float()[..., 0]) * amax) / (6.0 * bound) - blocks[..., i]
             err = err + (diff * diff if mode == "mse" else diff.abs())
         picks.append((q * s.float(), s.view(torch.uint8)[..., 0], err))
     (v6, s6, e6), (v4, s4, e4) = picks
@@ -128,14 +128,25 @@ def test_te_order_static6_equals_te_formula(case, block_2d):
     assert amax.item() == want_amax.item()
 
 
+@pytest.mark.parametrize("bound", [256.0, 448.0])
 @pytest.mark.parametrize("mode", ["mae", "mse"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_te_order_four_over_six_equals_te_formula(case, mode):
+def test_te_order_four_over_six_equals_te_formula(case, mode, bound):
     name, shape, make = case
     x = make(shape, _gen(1))
-    values, scales, _ = _ours(x, scale_rule=mode)
-    want_values, want_scales = _te_four_over_six_1d(x, mode)
+    values, scales, _ = _ours(x, scale_rule=mode, scale_max=None if bound == 256.0 else bound)
+    want_values, want_scales = _te_four_over_six_1d(x, mode, bound)
     assert torch.equal(values, want_values) and torch.equal(scales, want_scales), name
+
+
+def test_a_448_bound_four_over_six_tensor_dequantizes_with_its_own_global_scale():
+    x = torch.randn(64, 128, generator=_gen(5))
+    q = nvfp4.quantize(x, scale_rule="mae", scale_max=448.0, op_order="te")
+    assert q.scale_max == 448.0 and q.scales.float().max().item() == 448.0  # map-to-4 clamps at 448
+    assert torch.equal(q.global_scale, q.amax / torch.tensor(6.0 * 448.0))
+    assert ((nvfp4.dequantize(q) - x).norm() / x.norm()).item() < 0.1
+    with pytest.raises(ValueError, match="scale_max=300"):
+        nvfp4.quantize(x, scale_rule="mae", scale_max=300.0)
 
 
 def test_the_op_orders_differ_only_at_exact_e4m3_ties():

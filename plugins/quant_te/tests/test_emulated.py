@@ -109,11 +109,17 @@ def test_the_config_is_strict_and_checks_te_constraints(table, match):
         structure(table, QuantTEConfig, where="plugins.quant_te")
 
 
-def test_four_over_six_at_the_448_bound_is_refused_by_the_emulated_path():
+def test_four_over_six_bounds_follow_e4m3_use_256_per_operand():
     config = QuantTEConfig(disable_rht=True, disable_stochastic_rounding=True, nvfp4_4over6="all",
                            nvfp4_4over6_e4m3_use_256="weights")
-    with pytest.raises(ConfigError, match="leaves the 4/6 activations at the E4M3 bound 448"):
-        TENVFP4Format(config).convert(nn.Linear(16, 16), role="generator", training=False, path="emulate")
+    rules = operand_rules(config)
+    assert (rules.weight.scale_max, rules.input.scale_max, rules.grad.scale_max) == (None, 448.0, None)
+    module = TENVFP4Format(config).convert(_linear(32, 16, 5), role="generator", training=False, path="emulate")
+    x = torch.randn(4, 32)
+    want = nvfp4.emulated_gemm(_te(x, scale_rule="mae", scale_max=448.0),
+                               _te(module.weight.detach(), scale_rule="mae", block_2d=True), torch.float32)
+    with torch.no_grad():
+        assert torch.equal(module(x), want + module.bias)
 
 
 def test_2d_weights_make_dgrad_use_the_transposed_fprop_weight():

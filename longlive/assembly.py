@@ -33,7 +33,7 @@ from longlive.model.dit import WanDiT
 from longlive.model.init import seeded_init
 from longlive.monitor import progress
 from longlive.pipeline import ChunkLoop, GenerationState, chunk_noise
-from longlive.quant.format import forward_context
+from longlive.quant.format import cast_model, forward_context
 
 if TYPE_CHECKING:
     from longlive.prompts import ChunkPrompt
@@ -61,13 +61,14 @@ def build_model(run: RunContext, role: str = "generator", *, training: bool = Fa
     checkpoint = checkpoint or run.experiment.model.checkpoint
     dtype = dtype or run.dtype
     model = construct_on_meta(run)
-    convert_for_checkpoint(run, model, role, checkpoint)
+    convert_for_checkpoint(run, model, role, checkpoint, training=training, where=where)
     place_and_load(run, model, checkpoint, device=run.device, dtype=dtype, training=training, where=where)
     model.eval().requires_grad_(False)
     adapt_and_quantize(run, model, role, training=training)
     parallelize(run, model, role)
     if run.experiment.model.compile:
-        model.compile_blocks()
+        mode = run.experiment.model.compile_mode
+        model.compile_blocks(**({} if mode == "default" else {"mode": mode}))
     log.info("DiT %s (%s): %.2f M parameters, %s on %s, attention %s", model.config.name, role,
              sum(p.numel() for p in model.parameters()) / 1e6, dtype, run.device, model.attention_backend)
     return model
@@ -78,10 +79,13 @@ def construct_on_meta(run: RunContext) -> WanDiT:
         return WanDiT(run.preset, attention=run.experiment.model.attention)
 
 
-def convert_for_checkpoint(run: RunContext, model: WanDiT, role: str, checkpoint: str | None) -> None:
-    """Let a format replace the modules whose weights a checkpoint stores in its own layout."""
+def convert_for_checkpoint(run: RunContext, model: WanDiT, role: str, checkpoint: str | None, *,
+                           training: bool = False, where: str = "model.checkpoint") -> None:
+    """Replace the modules whose weights a checkpoint stores in a layout of its own (packed linears:
+    the core's implementation, longlive/quant/packed.py; plugins may add others)."""
     if checkpoint is not None:
-        run.hook.longlive_convert_model(model=model, role=role, checkpoint=checkpoint, run=run)
+        run.hook.longlive_convert_model(model=model, role=role, checkpoint=checkpoint, training=training,
+                                        where=where, run=run)
 
 
 def place_and_load(run: RunContext, model: WanDiT, checkpoint: str | None, *, device: torch.device,
@@ -89,7 +93,7 @@ def place_and_load(run: RunContext, model: WanDiT, checkpoint: str | None, *, de
     """Allocate the meta model on `device` in `dtype` and fill it: checkpoint, Wan init or random."""
     from longlive.model.convert import load_dit_weights
 
-    model.to(dtype=dtype)  # on meta: no memory
+    cast_model(model, dtype)  # on meta: no memory; packed tensors of converted modules keep their dtypes
     model.to_empty(device=device)
     if checkpoint is not None:
         load_dit_weights(model, checkpoint, format=run.experiment.model.checkpoint_format, where=where)
@@ -155,16 +159,18 @@ def build_parts(run: RunContext, model: WanDiT | None = None) -> Parts:
 
 
 def build_cache(run: RunContext, model: WanDiT, geometry: Geometry, batch: int) -> KVCache:
-    """A KV cache for `batch` videos (doubled under CFG) from the storage and policy hooks."""
+    """A KV cache for `batch` videos (doubled under CFG) from the storage and policy hooks, in the
+    run's sequence layout (which sets the heads each rank holds)."""
     s = run.experiment.sampler
     cfg_batch = batch * (2 if s.guidance != 1.0 else 1)  # the CFG cache exists only when guidance is on
     spec = CacheSpec.for_model(model.config, geometry, window_frames=s.window_frames, batch=cfg_batch,
-                               dtype=run.dtype, device=run.device)
+                               dtype=run.dtype, device=run.device, layout=run.layout)
     storage = run.hook.longlive_make_kv_storage(spec=spec, run=run)
     policy = run.hook.longlive_make_kv_policy(spec=spec, run=run)
     cache = KVCache(spec, storage, policy)
-    log.info("KV cache: %d slots x %d tokens x %d layers, %.2f GiB (%s, %s)", spec.num_slots, spec.chunk_tokens,
-             spec.num_layers, cache.nbytes / 2**30, type(storage).__name__, type(policy).__name__)
+    log.info("KV cache: %d slots x %d tokens x %d layers x %d heads, %.2f GiB (%s, %s, layout %s)", spec.num_slots,
+             spec.chunk_tokens, spec.num_layers, spec.num_heads, cache.nbytes / 2**30, type(storage).__name__,
+             type(policy).__name__, spec.layout.name)
     return cache
 
 
@@ -201,7 +207,9 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
     Decoded frames stream out as they are ready: `on_frames(frames)` gets each piece
     [B, 3, t, H, W] (CPU, in [-1, 1]) in order, `on_latents(latents)` each chunk's latents. Nothing
     is kept unless asked: `keep_video` / `keep_latents` for callers that need the whole video in
-    memory (evaluation, short clips). The decoder is closed however the loop ends.
+    memory (evaluation, short clips). The decoder is closed however the loop ends. Under sequence
+    parallelism every rank of the launch runs the loop, but only the writer rank (`run.mesh`)
+    decodes and delivers frames: the others' latents are the same.
     """
     s = run.experiment.sampler
     loop = new_chunk_loop(run, model=parts.model, sampler=parts.sampler, text=parts.text, geometry=parts.geometry,
@@ -219,7 +227,7 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
             if keep_video:
                 video.append(piece)
 
-    decoder = make_decoder(run, parts.codec)
+    decoder = make_decoder(run, parts.codec) if run.mesh.is_writer else None
     try:
         with torch.inference_mode(), forward_context(parts.model):  # a quantization format's context, if any
             for chunk in chunks:
@@ -230,10 +238,13 @@ def render(run: RunContext, parts: Parts, schedule: list[ChunkPrompt], *, batch:
                     on_latents(x0)
                 if keep_latents:
                     latents.append(x0)
-                decoder.push(chunk.index, x0)
-                deliver(decoder.ready())
-            deliver(decoder.flush())
+                if decoder is not None:
+                    decoder.push(chunk.index, x0)
+                    deliver(decoder.ready())
+            if decoder is not None:
+                deliver(decoder.flush())
     finally:
-        decoder.close()
-    return Rendered(used, frames, video=torch.cat(video, dim=2) if keep_video else None,
+        if decoder is not None:
+            decoder.close()
+    return Rendered(used, frames, video=torch.cat(video, dim=2) if keep_video and video else None,
                     latents=torch.cat(latents, dim=2) if keep_latents else None)

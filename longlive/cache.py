@@ -56,6 +56,7 @@ import attrs
 import torch
 
 from longlive.errors import ConfigError, LongLiveError
+from longlive.layout import SequenceLayout, SingleDeviceLayout
 from longlive.model.rope import apply_rope, rope_tables
 
 if TYPE_CHECKING:
@@ -67,11 +68,16 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen(kw_only=True)
 class CacheSpec:
-    """Shape of the self-attention KV cache of one video (batch) and one model."""
+    """Shape of the self-attention KV cache of one video (batch) and one model, on this rank.
+
+    Under a sequence layout that splits heads (Ulysses SP), `num_heads` is this rank's share
+    (`layout.local_heads`) and `chunk_tokens` the whole chunk: each rank caches heads/sp of every
+    token of the window. Storages read `layout` for statistics over all heads (`reduce_max`).
+    """
 
     num_layers: int
     batch: int
-    num_heads: int
+    num_heads: int  # heads held on this rank
     head_dim: int
     chunk_tokens: int  # tokens of one chunk = one slot
     frames_per_chunk: int  # latent frames of one chunk
@@ -79,6 +85,7 @@ class CacheSpec:
     dtype: torch.dtype = torch.bfloat16
     device: torch.device = attrs.field(default=torch.device("cpu"), converter=torch.device)
     rope_theta: float = 10000.0  # the model's RoPE base, to re-rotate cached keys (relative RoPE)
+    layout: SequenceLayout = attrs.field(factory=SingleDeviceLayout, eq=False)  # how the cached forwards split chunks
 
     @property
     def tokens(self) -> int:
@@ -86,8 +93,10 @@ class CacheSpec:
 
     @classmethod
     def for_model(cls, config: DiTConfig, geometry: Geometry, *, window_frames: int, batch: int,
-                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> CacheSpec:
-        """Spec for `config` at `geometry`; the window (in latent frames) includes the chunk being denoised."""
+                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                  layout: SequenceLayout | None = None) -> CacheSpec:
+        """Spec for `config` at `geometry`; the window (in latent frames) includes the chunk being denoised.
+        The head count comes from `layout` (default: single device, all heads)."""
         fpc = geometry.frames_per_chunk
         if window_frames <= 0 or window_frames % fpc:
             raise ConfigError(
@@ -99,9 +108,12 @@ class CacheSpec:
                 f"geometry patch ({geometry.patch_h}, {geometry.patch_w}) does not match the patch "
                 f"{config.patch} of DiT preset {config.name!r}"
             )
-        return cls(num_layers=config.num_layers, batch=batch, num_heads=config.num_heads,
+        layout = layout if layout is not None else SingleDeviceLayout()
+        layout.check(num_heads=config.num_heads, chunk_tokens=geometry.chunk_tokens)
+        return cls(num_layers=config.num_layers, batch=batch, num_heads=layout.local_heads(config.num_heads),
                    head_dim=config.head_dim, chunk_tokens=geometry.chunk_tokens, frames_per_chunk=fpc,
-                   num_slots=window_frames // fpc, dtype=dtype, device=device, rope_theta=config.rope_theta)
+                   num_slots=window_frames // fpc, dtype=dtype, device=device, rope_theta=config.rope_theta,
+                   layout=layout)
 
 
 # ---- Storage ---------------------------------------------------------------------------------
@@ -283,6 +295,11 @@ class ChunkKV:
     @property
     def rope_start_frame(self) -> int:
         return self.plan.rope_start_frame
+
+    @property
+    def layout(self) -> SequenceLayout:
+        """The sequence layout the cache was built for; the cached forward runs in it."""
+        return self.cache.spec.layout
 
     @torch.compiler.disable
     def attend_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -111,13 +111,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--run-dir: under torchrun every rank must write to one run directory; pass --run-dir DIR")
     run = make_run(experiment, run_dir=args.run_dir)
     run.allow_changed_resume = args.allow_changed_resume
-    _add_file_log(run.run_dir / "log.txt")
+    rank = run.mesh.rank  # under torchrun, one log file per rank; rank 0 writes the outputs and prints
+    _add_file_log(run.run_dir / ("log.txt" if rank == 0 else f"log.rank{rank}.txt"))
     log.info("run %s (task %s) -> %s", experiment.run.name, experiment.run.task, run.run_dir)
     result = run_task(run)
     summary = result.get("summary")
-    if summary:
-        print(summary)
-    print(f"outputs: {run.run_dir}")
+    if rank == 0:
+        if summary:
+            print(summary)
+        print(f"outputs: {run.run_dir}")
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ MAX_COUNT = 10**7  # clips, batch sizes, accumulation steps
 MAX_DEPTH = 16  # nesting of tables and arrays in an experiment file
 ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flex")
 CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 
 
 @attrs.frozen(kw_only=True)
@@ -66,6 +67,7 @@ class ModelConfig:
     checkpoint_format: str = attrs.field(default="auto", validator=one_of(CHECKPOINT_FORMATS))
     attention: str = attrs.field(default="auto", validator=one_of(ATTENTION_BACKENDS))
     compile: bool = False  # torch.compile the transformer blocks (CUDA)
+    compile_mode: str = attrs.field(default="default", validator=one_of(COMPILE_MODES))  # torch.compile's mode
     codec: str = "wan2.2-vae"  # the latent codec component
     codec_checkpoint: str | None = None
     text_encoder: str = "umt5-xxl"  # the text encoder component
@@ -123,6 +125,7 @@ class BenchConfig:
     measure_chunks: int = attrs.field(default=8, validator=in_range(1, MAX_CHUNKS))
     profile_chunks: int = attrs.field(default=1, validator=in_range(0, MAX_CHUNKS))  # profiled for the time split
     vae_chunks: int = attrs.field(default=4, validator=in_range(0, MAX_CHUNKS))  # streaming-decode FPS
+    pipeline_chunks: int = attrs.field(default=0, validator=in_range(0, MAX_CHUNKS))  # pipelined end-to-end FPS
 
 
 @attrs.frozen(kw_only=True)
@@ -145,6 +148,18 @@ class QuantConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ParallelConfig:
+    """[parallel]: how the processes of a torchrun launch share the work (docs/parallel.md).
+
+    The core builds a (dp, sp) device mesh from WORLD_SIZE: `sp` processes split each chunk's
+    sequence (a sequence-layout plugin such as sp_balanced does the splitting), dp = WORLD_SIZE / sp
+    groups work on separate data. sp = 1: every process holds whole chunks.
+    """
+
+    sp: int = attrs.field(default=1, validator=in_range(1, 1024))
+
+
+@attrs.frozen(kw_only=True)
 class Experiment:
     """A whole experiment file. `plugins` holds the raw `[plugins.<name>]` tables."""
 
@@ -154,6 +169,7 @@ class Experiment:
     generate: GenerateConfig | None = None
     bench: BenchConfig | None = None
     quant: QuantConfig = QuantConfig()
+    parallel: ParallelConfig = ParallelConfig()
     train: Any = None  # structured by longlive.train (TrainConfig) when the task is train
     plugins: dict[str, dict] = attrs.field(factory=dict)
     source: Path | None = None  # the file it came from (not part of the schema)
@@ -173,7 +189,7 @@ def resolve_path(value: str, key: str, source: Path | None, command_line_keys: f
     return (source.parent if from_file else Path.cwd()) / path
 
 
-_SECTIONS = ("run", "model", "sampler", "generate", "bench", "quant", "train", "plugins")
+_SECTIONS = ("run", "model", "sampler", "generate", "bench", "quant", "parallel", "train", "plugins")
 _PATH_KEYS = (("model", "checkpoint"), ("model", "codec_checkpoint"), ("model", "text_encoder_path"),
               ("model", "tokenizer_path"), ("model", "lora"),
               ("generate", "prompt_script"), ("generate", "image"))
@@ -237,6 +253,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
     generate = structure(table["generate"], GenerateConfig, where="generate") if "generate" in table else None
     bench = structure(table["bench"], BenchConfig, where="bench") if "bench" in table else None
     quant = structure(table.get("quant", {}), QuantConfig, where="quant")
+    parallel = structure(table.get("parallel", {}), ParallelConfig, where="parallel")
     for name in plugins:
         if name not in run.plugins:
             raise ConfigError(f"plugins.{name}: a table is given but run.plugins does not list \"{name}\"; "
@@ -250,7 +267,7 @@ def experiment_from_table(table: dict, *, source: Path | None = None,
     if run.task == "train" and "train" not in table:
         raise ConfigError("train: missing table [train] (task = \"train\")")
     return Experiment(run=run, model=model, sampler=sampler, generate=generate, bench=bench, quant=quant,
-                      train=table.get("train"), plugins=dict(plugins), source=source,
+                      parallel=parallel, train=table.get("train"), plugins=dict(plugins), source=source,
                       command_line_keys=command_line_keys)
 
 
@@ -307,7 +324,7 @@ def apply_override(table: dict, item: str) -> str:
 def experiment_to_table(exp: Experiment, plugin_configs: dict[str, Any], train: Any = None) -> dict:
     """Every default filled in: the record of what ran."""
     table = {"run": unstructure(exp.run), "model": unstructure(exp.model), "sampler": unstructure(exp.sampler),
-             "quant": unstructure(exp.quant)}
+             "quant": unstructure(exp.quant), "parallel": unstructure(exp.parallel)}
     for name in ("generate", "bench"):
         if getattr(exp, name) is not None:
             table[name] = unstructure(getattr(exp, name))

@@ -18,9 +18,13 @@ from longlive.model.vae_presets import VAE_PRESETS
 from longlive.registry import hookimpl
 
 if TYPE_CHECKING:
+    import torch
+
     from longlive.cache import CachePolicy, CacheSpec, KVStorage
     from longlive.components import ScopedRegistry
-    from longlive.config import Experiment
+    from longlive.config import Experiment, ParallelConfig
+    from longlive.layout import SequenceLayout
+    from longlive.parallel import ParallelMesh
     from longlive.model.dit import WanDiT
     from longlive.quant.apply import QuantReport
     from longlive.protocols import Codec, Decoder, Objective
@@ -84,6 +88,15 @@ class CorePlugin:
         adapters_for_role(model, role=role, training=training, run=run)
 
     @hookimpl
+    def longlive_convert_model(self, model: WanDiT, role: str, checkpoint: str, training: bool, where: str,
+                               run: RunContext) -> None:
+        from longlive.model.convert import dit_checkpoint_keys
+        from longlive.quant.packed import convert_packed_linears
+
+        keys = dit_checkpoint_keys(checkpoint, run.experiment.model.checkpoint_format, where=where)
+        convert_packed_linears(model, keys, role=role, training=training, run=run, where=where)
+
+    @hookimpl
     def longlive_quantize_model(self, model: WanDiT, role: str, training: bool, run: RunContext) -> QuantReport:
         from longlive.quant.apply import quantize_for_role
 
@@ -94,6 +107,21 @@ class CorePlugin:
         from longlive.quant.apply import check_real_paths
 
         check_real_paths(run)
+
+    @hookimpl(trylast=True)
+    def longlive_make_device_mesh(self, parallel: ParallelConfig, device: torch.device) -> tuple:
+        from longlive.distributed import build_mesh
+
+        return build_mesh(parallel.sp, device)
+
+    @hookimpl(trylast=True)
+    def longlive_make_sequence_layout(self, mesh: ParallelMesh) -> SequenceLayout:
+        from longlive.layout import SingleDeviceLayout
+
+        if mesh.sp != 1:
+            raise ConfigError(f"parallel.sp={mesh.sp} needs a sequence-layout plugin to split each chunk over "
+                              f"{mesh.sp} processes; add \"sp_balanced\" to run.plugins (or set parallel.sp = 1)")
+        return SingleDeviceLayout()
 
     @hookimpl(trylast=True)
     def longlive_make_kv_storage(self, spec: CacheSpec) -> KVStorage:

@@ -1,4 +1,4 @@
-"""Data-parallel process groups from the launcher's environment (torchrun), and rank helpers.
+"""Process groups and the (dp, sp) device mesh from the launcher's environment (torchrun), and rank helpers.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them (or with
 WORLD_SIZE=1) the run is a single process and nothing is initialised. The backend follows the
@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from longlive.errors import ConfigError
+from longlive.parallel import ParallelMesh
 
 log = logging.getLogger(__name__)
 
@@ -88,4 +89,35 @@ def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
 
 def shutdown(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def build_mesh(sp: int, device: torch.device) -> tuple[ParallelMesh, torch.device]:
+    """The (dp, sp) mesh of this launch (one process per device) and this rank's device.
+
+    Without torchrun (WORLD_SIZE unset or 1) a single-process mesh; `sp` must then be 1. Under
+    torchrun, joins (or reuses) the process group: gloo on CPU, NCCL on CUDA (device
+    cuda:LOCAL_RANK), and builds torch's DeviceMesh with dimensions ("dp", "sp").
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    if world % sp:
+        raise ConfigError(f"parallel.sp={sp} does not divide the {world} processes of this launch (WORLD_SIZE); "
+                          f"launch a multiple of {sp} processes (torchrun --nproc_per_node={sp}) or change "
+                          f"parallel.sp")
+    if world <= 1:
+        return ParallelMesh(), device
+    info, device = init_distributed(device)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (world // sp, sp), mesh_dim_names=("dp", "sp"))
+    parallel = ParallelMesh(world=world, rank=info.rank, sp=sp, backend=dist.get_backend(), device_mesh=mesh,
+                            owns_group=info.owns_group)
+    log.info("device mesh: rank %d of %d, dp %d x sp %d (%s, %s)", info.rank, world, parallel.dp, sp,
+             parallel.backend, device)
+    return parallel, device
+
+
+def close_mesh(mesh: ParallelMesh) -> None:
+    """Destroy the process group if `build_mesh` created it (the end of a run)."""
+    if mesh.owns_group and dist.is_initialized():
         dist.destroy_process_group()

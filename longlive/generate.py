@@ -6,7 +6,8 @@ for any length): `video.mp4` (`video_<i>.mp4` for batch > 1; `*.partial.mp4` unt
 succeeds, and kept under that name when it fails: longlive/video_sink.py), optionally the
 latents as parts under `latents/` (longlive/latent_sink.py), TensorBoard scalars and a
 frame-strip preview sampled from the stream. Plugins see the frames through
-`longlive_frames_decoded`.
+`longlive_frames_decoded`. Under torchrun (sequence parallelism) only the writer rank of the
+device mesh decodes and writes; the others compute their share of every chunk.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from longlive.assembly import build_parts, render
+from longlive.errors import ConfigError
 from longlive.prompts import chunk_prompts, load_prompt_script, single_prompt
 
 if TYPE_CHECKING:
@@ -32,6 +34,10 @@ def generate_video(run: RunContext) -> dict:
     """The generate task: inputs are checked before any weights load."""
     exp = run.experiment
     s, g = exp.sampler, exp.generate
+    if run.mesh.dp > 1:
+        raise ConfigError(f"generate renders one video per launch, but {run.mesh.world} processes with parallel.sp="
+                          f"{run.mesh.sp} make {run.mesh.dp} data-parallel groups; launch parallel.sp processes "
+                          f"(torchrun --nproc_per_node={run.mesh.sp}) or set parallel.sp = {run.mesh.world}")
     run.geometry.chunks(s.num_frames)
     script = load_prompt_script(g.prompt_script) if g.prompt_script else single_prompt(g.prompt, s.num_frames)
     schedule = chunk_prompts(script, num_frames=s.num_frames, frames_per_chunk=s.frames_per_chunk,
@@ -72,7 +78,7 @@ class GenerateOutputs:
         self.run, self.frames = run, 0
         self.preview = PreviewFrames(run.geometry.pixel_frames(run.experiment.sampler.num_frames))
         self.video = self.latents = None
-        if run.run_dir is not None:
+        if run.run_dir is not None and run.mesh.is_writer:  # one rank of a launch writes the files
             names = ["video.mp4"] if g.batch == 1 else [f"video_{i}.mp4" for i in range(g.batch)]
             self.video = VideoSink([run.run_dir / n for n in names], g.fps)
             if g.save_latents:

@@ -18,13 +18,14 @@ _MIN_BITS = 4  # the smallest K/V element a storage plugin offers
 
 
 def cache_values(experiment: Experiment, preset, codec) -> int:
-    """K and V values the core cache of `experiment` holds."""
+    """K and V values the core cache of `experiment` holds on one device."""
     s = experiment.sampler
     geometry = Geometry(height=s.height, width=s.width, temporal_stride=codec.temporal_stride,
                         spatial_stride=codec.spatial_stride, patch_h=preset.patch[1], patch_w=preset.patch[2],
                         frames_per_chunk=s.frames_per_chunk)
     batch = (experiment.generate.batch if experiment.generate is not None else 1) * (2 if s.guidance != 1.0 else 1)
-    return 2 * preset.num_layers * batch * geometry.tokens(s.window_frames) * preset.dim
+    # Under sequence parallelism each rank holds heads/sp of every cached token.
+    return 2 * preset.num_layers * batch * geometry.tokens(s.window_frames) * preset.dim // experiment.parallel.sp
 
 
 def device_bytes(device: str) -> int | None:

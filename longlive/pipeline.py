@@ -96,6 +96,8 @@ class ChunkLoop:
     def _live_prompt(self, chunk: ChunkPrompt) -> ChunkPrompt:
         """A live prompt source may replace the scheduled prompt; a change inside a shot is a switch."""
         live = self.hook.longlive_next_prompt(chunk=chunk, state=self.state, run=self.run)
+        if self.hook.longlive_next_prompt.get_hookimpls():  # a live source: one answer for every rank of an SP group
+            live = self.state.cache.spec.layout.agree(live)
         prompt = chunk.prompt if live is None else live
         switched = not chunk.shot_start and self.state.prompt is not None and prompt != self.state.prompt
         return attrs.evolve(chunk, prompt=prompt, switch=switched)

@@ -22,7 +22,9 @@ from longlive.components import CodecSpec, ComponentRegistry
 from longlive.config import Experiment, dumps_toml, experiment_to_table
 from longlive.errors import ConfigError
 from longlive.geometry import Geometry
+from longlive.layout import SequenceLayout, SingleDeviceLayout, check_split
 from longlive.monitor import Monitor, log_run_hparams
+from longlive.parallel import ParallelMesh
 from longlive.registry.manager import build_plugin_manager, installed_plugins
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class RunContext:
     task_config: Any = None  # the structured table of the task ([train] for train), if any
     allow_changed_resume: bool = False  # --allow-changed-resume: resume under an experiment that breaks exactness
     quant: dict[str, dict] = attrs.field(factory=dict)  # per role: format, path that ran, modules converted
+    mesh: ParallelMesh = attrs.field(factory=ParallelMesh)  # this process's place in the (dp, sp) launch
+    layout: SequenceLayout = attrs.field(factory=SingleDeviceLayout)  # how cached forwards split a chunk
 
     @property
     def hook(self) -> Any:
@@ -116,9 +120,28 @@ def check_experiment(experiment: Experiment) -> CheckedExperiment:
         from longlive.inputs import check_generate_inputs
 
         check_generate_inputs(experiment)
+    check_parallel(checked)
     if experiment.run.device == "cpu":  # host RAM is known without torch; a GPU's memory once torch runs
         check_cache_size(checked, "cpu")
     return checked
+
+
+def check_parallel(checked: CheckedExperiment) -> None:
+    """[parallel] sp > 1: a plugin must fill the sequence-layout role, and sp must divide the model's
+    heads and a chunk's tokens (checked here, so `validate` catches it without torchrun)."""
+    experiment, sp = checked.experiment, checked.experiment.parallel.sp
+    if sp == 1:
+        return
+    providers = [i.plugin_name for i in checked.pm.hook.longlive_make_sequence_layout.get_hookimpls()
+                 if i.plugin_name != "core"]
+    if not providers:
+        raise ConfigError(f"parallel.sp={sp} needs a sequence-layout plugin to split each chunk over {sp} "
+                          f"processes; add \"sp_balanced\" to run.plugins (or set parallel.sp = 1)")
+    preset = checked.components.get("dit_preset", experiment.model.preset, where="model.preset").value
+    codec = checked.components.get("codec", experiment.model.codec, where="model.codec").value
+    geometry = experiment_geometry(experiment, codec, preset)
+    check_split(sp, num_heads=preset.num_heads, chunk_tokens=geometry.chunk_tokens,
+                frames_per_chunk=geometry.frames_per_chunk)
 
 
 def check_cache_size(checked: CheckedExperiment, device: str) -> None:
@@ -133,19 +156,23 @@ def check_cache_size(checked: CheckedExperiment, device: str) -> None:
 
 
 def make_run(experiment: Experiment, *, run_dir: Path | None = None, create_dir: bool = True) -> RunContext:
-    """Check the experiment, resolve device and dtype, set threads; create the run directory unless told not to."""
+    """Check the experiment, resolve device and dtype, build the device mesh and the sequence layout
+    (under torchrun: join the process group), set threads; create the run directory unless told not to."""
     checked = check_experiment(experiment)
     device = resolve_device(experiment.run.device, check_available=create_dir)
-    if device.type != "cpu" or experiment.run.device != "cpu":  # an explicit cpu was checked above
-        check_cache_size(checked, str(device))
-    set_threads(experiment.run.threads, device)
     run = RunContext(experiment=experiment, pm=checked.pm, components=checked.components,
                      plugin_configs=checked.plugin_configs, device=device,
                      dtype=resolve_dtype(experiment.run.dtype, device), task_config=checked.task_config)
+    run.mesh, run.device = run.hook.longlive_make_device_mesh(parallel=experiment.parallel, device=device, run=run)
+    run.layout = run.hook.longlive_make_sequence_layout(mesh=run.mesh, run=run)
+    if device.type != "cpu" or experiment.run.device != "cpu":  # an explicit cpu was checked above
+        check_cache_size(checked, str(run.device))
+    set_threads(experiment.run.threads, run.device, processes=run.mesh.world if run.device.type == "cpu" else 1)
     if create_dir:
         run.run_dir = run_dir or _new_run_dir(experiment)
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        run.monitor = Monitor(run.run_dir / "tensorboard")
+        if run.mesh.is_writer:  # one TensorBoard log per launch
+            run.monitor = Monitor(run.run_dir / "tensorboard")
     return run
 
 
@@ -170,11 +197,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
-def set_threads(threads: int, device: torch.device) -> int:
-    """Set torch's CPU threads: `run.threads`, or 0 = auto (`auto_threads`). Returns the count."""
+def set_threads(threads: int, device: torch.device, processes: int = 1) -> int:
+    """Set torch's CPU threads: `run.threads`, or 0 = auto (`auto_threads`, shared by the `processes`
+    processes of a CPU launch on this host). Returns the count."""
     import torch
 
-    count = threads or auto_threads()
+    count = threads or max(1, auto_threads() // processes)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     log.info("torch CPU threads: %d%s (device %s)", count, "" if threads else " (auto; run.threads sets it)", device)
@@ -232,8 +260,9 @@ def check_components(experiment: Experiment, components: ComponentRegistry) -> N
 
 
 def write_run_record(run: RunContext) -> None:
-    """The resolved experiment (every default filled in), versions and git commit."""
-    if run.run_dir is None:
+    """The resolved experiment (every default filled in), versions, git commit, device mesh and
+    sequence layout; written by the mesh's writer rank only."""
+    if run.run_dir is None or not run.mesh.is_writer:
         return
     import torch
 
@@ -258,6 +287,7 @@ def write_run_record(run: RunContext) -> None:
             pass
     if run.quant:
         versions["quant"] = run.quant
+    versions["parallel"] = {**run.mesh.describe(), "layout": run.layout.describe()}
     _write_atomic(path, json.dumps(versions, indent=2) + "\n")
 
 
@@ -272,7 +302,11 @@ def run_task(run: RunContext) -> dict:
     finally:
         run.hook.longlive_run_end(run=run, result=result)
         run.monitor.close()
-    if run.run_dir is not None:
+        if run.mesh.owns_group:
+            from longlive.distributed import close_mesh
+
+            close_mesh(run.mesh)
+    if run.run_dir is not None and run.mesh.is_writer:
         write_run_record(run)  # the task may have structured its own table meanwhile
         record = {k: v for k, v in result.items() if _is_plain(v)}
         if run.quant:

@@ -22,3 +22,14 @@ def test_bench_reports_every_metric(tmp_path):
     assert result["denoise_fps"] > 0 and result["vae_decode_fps"] > 0 and result["end_to_end_fps"] > 0
     split = result["time_split"]
     assert abs(split["attention"] + split["gemm"] + split["other"] - 1) < 1e-3 and split["gemm"] > 0
+
+
+def test_bench_pipelined_end_to_end_through_the_decoder_role(tmp_path):
+    args = ["run", str(BENCH), "--run-dir", str(tmp_path), "--set", "bench.pipeline_chunks=3",
+            "--set", 'run.plugins=["vae_async"]']
+    for item in DEBUG:
+        args += ["--set", item]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["pipeline_decoder"] == "vae_async" and result["pipelined_end_to_end_fps"] > 0
+    assert "pipelined end to end (vae_async decoder)" in result["summary"]

@@ -115,8 +115,41 @@ def test_every_role_has_a_contract_test():
     from longlive.registry import hookspecs
 
     tested = {"longlive_make_kv_storage", "longlive_make_kv_policy", "longlive_make_decoder",
-              "longlive_make_objective", "longlive_next_prompt", "longlive_prompt_prefix"}
+              "longlive_make_objective", "longlive_next_prompt", "longlive_prompt_prefix",
+              "longlive_make_device_mesh", "longlive_make_sequence_layout"}
     assert set(hookspecs.ROLES) == tested
+
+
+@pytest.mark.parametrize("provider", _providers("longlive_make_device_mesh"))
+def test_device_mesh_of_one_process(provider):
+    """Without torchrun: one process, dp = sp = 1, the run's device kept."""
+    from longlive.config import ParallelConfig
+    from longlive.parallel import ParallelMesh
+
+    run = _run(provider)
+    (mesh, device), _ = _implementation(provider, "longlive_make_device_mesh", parallel=ParallelConfig(),
+                                        device=run.device)
+    assert isinstance(mesh, ParallelMesh) and (mesh.world, mesh.dp, mesh.sp, mesh.rank) == (1, 1, 1, 0)
+    assert mesh.is_writer and device == run.device
+
+
+@pytest.mark.parametrize("provider", _providers("longlive_make_sequence_layout"))
+def test_sequence_layout_of_one_process_is_the_identity(provider):
+    """In a one-process mesh a layout (if the provider answers) holds every head and token, and
+    its scatter/gather and all-to-all pairs are inverses. Multi-process layouts are held to
+    single-device generation by their plugin's gloo tests."""
+    from longlive.layout import SequenceLayout
+    from longlive.parallel import ParallelMesh
+
+    layout, _ = _implementation(provider, "longlive_make_sequence_layout", mesh=ParallelMesh())
+    if layout is None:
+        assert provider != "core"
+        return
+    assert isinstance(layout, SequenceLayout) and layout.sp == 1 and layout.local_heads(24) == 24
+    x = torch.randn(2, 12, 4, 8)
+    torch.testing.assert_close(layout.gather(layout.scatter(x)), x, rtol=0, atol=0)
+    torch.testing.assert_close(layout.heads_to_seq(layout.seq_to_heads(x)), x, rtol=0, atol=0)
+    assert layout.agree("prompt") == "prompt"
 
 
 @pytest.mark.parametrize("provider", _providers("longlive_make_decoder"))

@@ -21,6 +21,7 @@ from longlive.model.rope import apply_rope
 
 if TYPE_CHECKING:
     from longlive.cache import ChunkKV
+    from longlive.layout import SequenceLayout
     from longlive.model.attention import AttentionKernel, PreparedMask
     from longlive.model.presets import DiTConfig
 
@@ -107,13 +108,14 @@ class WanBlock(nn.Module):
         layer: int,
         segments: int,
         dtype: torch.dtype,
+        layout: SequenceLayout | None = None,  # tokens split over ranks (longlive/layout.py); None: all here
     ) -> torch.Tensor:
         n = e0.shape[1]
         mod = (self.modulation.float() + e0).unsqueeze(2)  # [B, N, 1, 6, dim]
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(3)  # each [B, N, 1, dim]
 
         h = (_grouped(self.norm1(x), n) * (1 + scale_sa) + shift_sa).flatten(1, 2).to(dtype)
-        y = self._self_attention(h, rope=rope, attention=attention, mask=mask, kv=kv, layer=layer)
+        y = self._self_attention(h, rope=rope, attention=attention, mask=mask, kv=kv, layer=layer, layout=layout)
         x = x + (_grouped(y.float(), n) * gate_sa).flatten(1, 2)
 
         y = self._cross_attention(self.norm3(x).to(dtype), context, attention=attention, segments=segments)
@@ -125,15 +127,24 @@ class WanBlock(nn.Module):
 
     def _self_attention(self, h: torch.Tensor, *, rope: tuple[torch.Tensor, torch.Tensor],
                         attention: AttentionKernel, mask: PreparedMask | None, kv: ChunkKV | None,
-                        layer: int) -> torch.Tensor:
-        """Self-attention of h [B, L, dim]; with `kv`, over the cache's visible keys plus this chunk's."""
+                        layer: int, layout: SequenceLayout | None = None) -> torch.Tensor:
+        """Self-attention of h [B, L, dim]; with `kv`, over the cache's visible keys plus this chunk's.
+
+        Under a layout that splits the sequence, h holds this rank's L/sp tokens: Q, K and V
+        (roped with this rank's rows) go through one all-to-all to all L tokens and H/sp heads,
+        attention and the cache work on those heads, and the output comes back to L/sp tokens."""
         attn = self.self_attn
         q = apply_rope(attn.project_q(h), *rope)  # [B, L, H, D]
         k, v = attn.project_kv(h)
         k = apply_rope(k, *rope)
+        if layout is not None and layout.sp > 1:
+            q, k, v = layout.exchange_qkv(q, k, v)  # each [B, L, H/sp, D]
         if kv is not None:
             k, v = kv.attend_kv(layer, k, v)  # [B, Lk, H, D], this chunk's included
-        return attn.project_out(attention(q, k, v, mask))
+        y = attention(q, k, v, mask)
+        if layout is not None and layout.sp > 1:
+            y = layout.heads_to_seq(y)  # [B, L/sp, H, D]
+        return attn.project_out(y)
 
     def _cross_attention(self, h: torch.Tensor, context: torch.Tensor, *, attention: AttentionKernel,
                          segments: int) -> torch.Tensor:

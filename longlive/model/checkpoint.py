@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Collection, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -136,19 +136,23 @@ def describe_load_error(e: Exception) -> str:
 
 def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors of `state` that hold NaN or inf."""
-    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [k for k, v in state.items() if v.is_floating_point()
+            and not bool(torch.isfinite(v.float() if v.element_size() == 1 else v).all())]  # float8: no isfinite
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str,
+                elsewhere: Collection[str] = ()) -> None:
     """Load `state` into `module`; any missing, unexpected or mis-shaped key is one ConfigError.
 
     A placed module (not on the meta device) receives the tensors one at a time, each converted
     to its parameter's dtype and device as it is copied: no second copy of the model exists.
     `what` names the weights in the message (e.g. "DiT from checkpoints/model_bf16.pt").
+    `elsewhere`: keys of `module` that another loader fills (packed tensors, through their format).
     """
-    own = module.state_dict(keep_vars=True)
+    elsewhere = set(elsewhere)
+    own = {k: v for k, v in module.state_dict(keep_vars=True).items() if k not in elsewhere}
     missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    unexpected = sorted(set(state) - set(own) - elsewhere)
     mis_shaped = sorted(
         f"{k} {shape_of(state, k)} != {tuple(own[k].shape)}"
         for k in set(own) & set(state)
@@ -169,7 +173,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: s
         )
         raise ConfigError(f"cannot load {what}: keys {'; '.join(parts)}; {hint}")
     if _on_meta(module):
-        module.load_state_dict(dict(state), strict=True, assign=True)
+        module.load_state_dict({k: state[k] for k in own}, strict=not elsewhere, assign=True)
         return
     with torch.no_grad():
         for name, target in own.items():

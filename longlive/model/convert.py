@@ -132,11 +132,23 @@ def load_dit_state(model: nn.Module, state: Mapping[str, torch.Tensor], format: 
                    what: str = "DiT weights") -> str:
     """Load a DiT state dict of `format` strictly into `model` (a meta model takes the tensors as they are).
 
-    Any missing, unexpected or mis-shaped key is one ConfigError. Returns the format used.
+    Any missing, unexpected or mis-shaped key is one ConfigError. Returns the format used. Modules
+    converted for a packed checkpoint (longlive/quant/packed.py) get their packed tensors through
+    their format.
     """
+    from longlive.quant.packed import load_packed_modules, split_packed_state
+
     ours, fmt = to_ours(state, format)
-    load_strict(model, ours, what=f"{what} ({fmt} format)")
+    packed, packed_keys = split_packed_state(model, ours)
+    load_strict(model, ours, what=f"{what} ({fmt} format)", elsewhere=packed_keys)
+    load_packed_modules(model, packed)
     return fmt
+
+
+def dit_checkpoint_keys(path: str | os.PathLike, format: str = "auto", *, where: str = "model.checkpoint") -> list[str]:
+    """The tensor names of a DiT checkpoint in our naming, without reading the tensors (safetensors
+    lazily, pickles memory-mapped)."""
+    return list(to_ours(unnest(read_state_dict(path, where=where)), format)[0])
 
 
 def _check_prediction(model: nn.Module, path: str | os.PathLike, where: str) -> None:

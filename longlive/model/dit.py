@@ -34,6 +34,7 @@ from torch import nn
 
 from longlive.cache import ChunkKV
 from longlive.errors import ConfigError
+from longlive.layout import SequenceLayout
 from longlive.model.attention import AttentionKernel, MaskMod, resolve_backend, teacher_forcing_mask
 from longlive.model.blocks import RMSNorm, WanBlock, WanHead
 from longlive.model.presets import DiTConfig
@@ -211,10 +212,11 @@ class WanDiT(nn.Module):
                            theta=self.config.rope_theta)
 
     def _blocks(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, *,
-                rope: tuple[torch.Tensor, torch.Tensor], mask, kv: ChunkKV | None, segments: int) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor], mask, kv: ChunkKV | None, segments: int,
+                layout: SequenceLayout | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, e0, context, rope=rope, attention=self.attention, mask=mask, kv=kv, layer=i,
-                      segments=segments, dtype=self.dtype)
+                      segments=segments, dtype=self.dtype, layout=layout)
         return x
 
     # ---- Entry points -------------------------------------------------------------------------
@@ -243,15 +245,27 @@ class WanDiT(nn.Module):
         Writes this chunk's K/V to the cache's working slot only (see longlive/cache.py); the
         pipeline's `cache.commit(kv)` after the clean pass makes them visible to later chunks.
         `rope` may pass the chunk's precomputed tables (`chunk_rope`) to skip recomputing them.
+
+        The forward runs in the cache's sequence layout (`kv.layout`, longlive/layout.py): this
+        rank computes its 1/sp of the tokens (their timesteps, modulation and RoPE rows),
+        self-attention exchanges heads for tokens around the cache, and the head's output is
+        gathered, so every rank returns the whole chunk. Single device: all identities.
         """
+        layout = kv.layout
         grid = self._grid(x)
-        tokens = self._patchify(x)
+        length = math.prod(grid)
+        tokens = layout.scatter(self._patchify(x))  # [B, L/sp, dim]
         t = self._timesteps(t, x.shape[0], grid)
-        e, e0 = self._time(t)
+        e, e0 = self._time(layout.local_groups(t, length))  # this rank's tokens' modulation
         ctx = self._context(context, text_embedded, grid[0])
-        rope = rope if rope is not None else self.chunk_rope(grid, kv, x.device)
-        h = self._blocks(tokens, e0, ctx, rope=rope, mask=None, kv=kv, segments=1)
-        return self._velocity(self._unpatchify(self.head(h, e, self.dtype), grid), x, t, grid)
+        if layout.sp > 1 and ctx.ndim == 4 and ctx.shape[1] > 1:
+            raise ConfigError(f"forward_chunk under sequence layout {layout.name!r} takes one prompt per chunk, "
+                              f"got {ctx.shape[1]} per-chunk prompts; call it once per chunk")
+        cos, sin = rope if rope is not None else self.chunk_rope(grid, kv, x.device)
+        rope = (layout.scatter(cos, dim=0), layout.scatter(sin, dim=0))
+        h = self._blocks(tokens, e0, ctx, rope=rope, mask=None, kv=kv, segments=1, layout=layout)
+        out = layout.gather(self.head(h, e, self.dtype))  # [B, L, patch channels]
+        return self._velocity(self._unpatchify(out, grid), x, t, grid)
 
     def chunk_rope(self, grid: tuple[int, int, int], kv: ChunkKV,
                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,9 @@ the whole fully qualified name (`re:blocks\\.0\\..*`).
 Which path: `mode = "real"` needs the format's probe to pass (else one ConfigError with the
 probe's reason); `"emulate"` always emulates; `"auto"` takes the real path where it can run and
 otherwise emulates, logging why at WARNING. The report says what ran.
+
+A model loaded from a packed checkpoint (longlive/quant/packed.py) is already converted where the
+checkpoint says; the applier then converts nothing more and reports those modules.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from longlive.errors import ConfigError
-from longlive.quant.format import NONE, ROLES, QuantFormat, is_quantized, packed_bytes
+from longlive.quant.format import NONE, ROLES, QuantFormat, is_quantized, packed_bytes, quantized_modules
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class QuantReport:
     converted: int = 0  # modules replaced
     kept: int = 0  # linears left in high precision (keep list and skip list)
     packed_bytes: int = 0  # bytes of packed weights (values + scales + amax + metadata)
+    from_checkpoint: bool = False  # loaded packed from model.checkpoint (not quantized at startup)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -126,6 +130,14 @@ def quantize_for_role(model: nn.Module, *, role: str, training: bool, run: Any) 
     else:
         fmt = format_object(run.components.get("quant_format", name, where=f"quant.{role}").value)
         path, why = select_path(fmt, q.mode, run.device, where=f"quant.{role}")
-        report = quantize_model(model, fmt, role=role, path=path, training=training, skip=q.skip, why=why)
+        loaded = quantized_modules(model)
+        if loaded:  # converted for a packed checkpoint: it decided which linears are quantized
+            report = QuantReport(role=role, format=fmt.name, path=path, why=why, converted=len(loaded),
+                                 kept=sum(isinstance(m, nn.Linear) for m in model.modules()),
+                                 packed_bytes=packed_bytes(model), from_checkpoint=True)
+            log.info("quant %s: %d packed linears from the checkpoint (%s, %s path), %d linears in high precision",
+                     role, report.converted, fmt.name, path, report.kept)
+        else:
+            report = quantize_model(model, fmt, role=role, path=path, training=training, skip=q.skip, why=why)
     run.quant[role] = report.to_dict()
     return report

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
     from longlive.cache import CachePolicy, CacheSpec, KVStorage
     from longlive.components import ScopedRegistry
-    from longlive.config import Experiment
+    from longlive.config import Experiment, ParallelConfig
+    from longlive.layout import SequenceLayout
     from longlive.model.dit import WanDiT
+    from longlive.parallel import ParallelMesh
     from longlive.pipeline import GenerationState
     from longlive.prompts import ChunkPrompt
     from longlive.protocols import Codec, Decoder, Objective
@@ -78,17 +80,50 @@ def longlive_check_compat(run: RunContext) -> None:
     """
 
 
+# ---- Parallelism: once per run, after the device is resolved -----------------------------
+
+
+@hookspec(firstresult=True)
+def longlive_make_device_mesh(parallel: ParallelConfig, device: torch.device, run: RunContext) -> tuple | None:
+    """Role: the device mesh. Return `(ParallelMesh, device)`: this process's place in the
+    (dp, sp) grid of the launch (longlive/parallel.py) and the device it computes on.
+
+    When: once per run, in `make_run`, for every task, before any model is built. `parallel`
+    is the experiment's [parallel] table (`sp`); `device` the resolved run.device. The core's
+    default (`longlive.distributed.build_mesh`) reads torchrun's environment, joins the process
+    group (gloo on CPU, NCCL on CUDA, one process per device: cuda:LOCAL_RANK) and builds
+    torch's DeviceMesh ("dp", "sp") with dp = WORLD_SIZE / sp; a single process without torchrun.
+    Raises: ConfigError when sp does not divide the number of processes.
+    """
+
+
+@hookspec(firstresult=True)
+def longlive_make_sequence_layout(mesh: ParallelMesh, run: RunContext) -> SequenceLayout | None:
+    """Role: the sequence layout (`SequenceLayout`, longlive/layout.py): how a chunk's tokens
+    are split over the `mesh.sp` ranks of an SP group and which collectives run around
+    self-attention in the DiT's cached forward.
+
+    When: once per run, in `make_run`, right after the device mesh. Return None to leave the
+    role to the next implementation (e.g. when `mesh.sp` is 1). The core's default: the
+    single-device layout when `mesh.sp` is 1; for sp > 1 it raises ConfigError naming the plugin
+    to enable (sp_balanced), since the core does not split sequences itself.
+    """
+
+
 # ---- Model: once per network role, in the order of longlive/assembly.py -------------------
 
 
 @hookspec
-def longlive_convert_model(model: WanDiT, role: str, checkpoint: str, run: RunContext) -> None:
+def longlive_convert_model(model: WanDiT, role: str, checkpoint: str, training: bool, where: str,
+                           run: RunContext) -> None:
     """Replace modules whose weights `checkpoint` stores in a layout of its own (packed NVFP4).
 
     When: the model is still on the meta device, before its weights load; only when a checkpoint
-    is given. `role`: "generator" | "teacher" | "critic". Modify `model` in place (module
-    replacement, never rebinding methods). Raises: ConfigError when the checkpoint's layout does
-    not fit the experiment's quantization settings.
+    is given. `role`: "generator" | "teacher" | "critic"; `training`: whether the model will be
+    trained; `where`: the config key of the checkpoint, for errors. Modify `model` in place
+    (module replacement, never rebinding methods). The core implements it for packed linears
+    (longlive/quant/packed.py: any format's packed layout). Raises: ConfigError when the
+    checkpoint's layout does not fit the experiment's quantization settings.
     """
 
 
@@ -119,7 +154,9 @@ def longlive_quantize_model(model: WanDiT, role: str, training: bool, run: RunCo
 def longlive_parallelize_model(model: WanDiT, role: str, run: RunContext) -> None:
     """Distribute `model` of `role` over the run's device mesh (sequence parallelism, FSDP), in place.
 
-    When: after adapters and quantization, before compilation.
+    When: after adapters and quantization, before compilation. `run.mesh` is the device mesh
+    and `run.layout` the sequence layout; a plugin checks here that the model fits them
+    (heads divisible by sp) and wraps or shards it (FSDP) when it trains.
     """
 
 

@@ -14,7 +14,7 @@ class KVFP4Backend:
     """The pair of kernels a storage calls; `name` is recorded in the run ("triton" or "reference").
 
     quantize_chunk(x, amax, *, scale_rule, values_out=None, scales_out=None) -> (values, scales)
-    dequantize_slots(values, scales, amax, slots, *, scale_rule, out_dtype) -> [B, n*T, H, D]
+    dequantize_slots(values, scales, amax, slots, *, scale_rule, out_dtype, out=None) -> [B, n*T, H, D]
     """
 
     name: str

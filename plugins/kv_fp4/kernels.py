@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from longlive.quant import nvfp4
-from longlive_plugins.kv_fp4.reference import check_head_dim, check_scale_rule, slot_decode_scales
+from longlive_plugins.kv_fp4.reference import check_head_dim, check_scale_rule, dequantize_output, slot_decode_scales
 
 BLOCK_ROWS = 16
 
@@ -136,7 +136,7 @@ def _quantize_chunk_kernel(
 def _dequantize_slots_kernel(
     values_ptr, scales_ptr, decode_ptr, slots_ptr, out_ptr,
     n_rows, n_visible, tokens, heads,
-    sv_s, sv_b, sv_t, sv_h, ss_s, ss_b, ss_t, ss_h,
+    sv_s, sv_b, sv_t, sv_h, ss_s, ss_b, ss_t, ss_h, so_b, so_t, so_h,
     HALF_D: tl.constexpr, HALF_D_P2: tl.constexpr, BLOCK_ROWS: tl.constexpr, OUT_BF16: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)  # output rows
@@ -155,7 +155,7 @@ def _dequantize_slots_kernel(
     scale = _e4m3_value(tl.load(scales_ptr + s_row + byte // 8, mask=ok, other=0).to(tl.int32))
     low = (_e2m1_value(packed & 15) * scale) * decode  # elements 2i
     high = (_e2m1_value(packed >> 4) * scale) * decode  # elements 2i + 1
-    out = out_ptr + rows[:, None] * (2 * HALF_D) + 2 * byte
+    out = out_ptr + (b * so_b + (v * tokens + t) * so_t + h * so_h)[:, None] + 2 * byte
     if OUT_BF16:  # round to nearest even by hand; `out_ptr` is the int16 view of a bf16 tensor
         low_bits = low.to(tl.uint32, bitcast=True)
         high_bits = high.to(tl.uint32, bitcast=True)
@@ -214,16 +214,22 @@ def dequantize_slots_triton(
     *,
     scale_rule: str,
     out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Triton version of `reference.dequantize_slots_reference`: every visible slot, one launch."""
+    """Triton version of `reference.dequantize_slots_reference`: every visible slot, one launch.
+
+    `out`: write into this [B, n*T, H, D] tensor (any outer strides, e.g. the front of an attention
+    window buffer) instead of a new one; its dtype is the output dtype.
+    """
     check_scale_rule(scale_rule)
-    if out_dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"kv_fp4: out_dtype={out_dtype} is not supported; use torch.bfloat16 or torch.float32")
-    for name, t in (("values", values), ("scales", scales)):
-        _check_last_dim_contiguous(name, t)
     _, batch, tokens, heads, half_d = values.shape
     n_visible = slots.numel()
-    out = torch.empty(batch, n_visible * tokens, heads, half_d * 2, dtype=out_dtype, device=values.device)
+    out = dequantize_output(out, (batch, n_visible * tokens, heads, half_d * 2), out_dtype, values.device)
+    out_dtype = out.dtype
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"kv_fp4: out_dtype={out_dtype} is not supported; use torch.bfloat16 or torch.float32")
+    for name, t in (("values", values), ("scales", scales), ("out", out)):
+        _check_last_dim_contiguous(name, t)
     n_rows = batch * n_visible * tokens * heads
     if n_rows == 0:
         return out
@@ -231,7 +237,7 @@ def dequantize_slots_triton(
         values, scales, slot_decode_scales(amax, scale_rule), slots.to(torch.int32),
         out.view(torch.int16) if out_dtype == torch.bfloat16 else out,
         n_rows, n_visible, tokens, heads,
-        *values.stride()[:4], *scales.stride()[:4],
+        *values.stride()[:4], *scales.stride()[:4], *out.stride()[:3],
         HALF_D=half_d, HALF_D_P2=triton.next_power_of_2(half_d), BLOCK_ROWS=BLOCK_ROWS,
         OUT_BF16=out_dtype == torch.bfloat16,
         enable_fp_fusion=False,

@@ -27,6 +27,17 @@ def check_head_dim(head_dim: int) -> None:
         raise ValueError(f"kv_fp4: head_dim={head_dim} must be a positive multiple of {nvfp4.BLOCK_SIZE}")
 
 
+def dequantize_output(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+    """The tensor a dequantization writes: `out` checked against `shape`, or a new one of `dtype`."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != tuple(shape) or out.device != torch.device(device):
+        raise ValueError(f"kv_fp4: out is {tuple(out.shape)} on {out.device}, the slots need {tuple(shape)} "
+                         f"on {device}")
+    return out
+
+
 def slot_decode_scales(amax: torch.Tensor, scale_rule: str) -> torch.Tensor:
     """FP32 [S] global decode scales g = amax / (V * S) of every slot."""
     return nvfp4.global_decode_scale(amax, scale_rule)
@@ -64,9 +75,15 @@ def dequantize_slots_reference(
     *,
     scale_rule: str,
     out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dequantize the visible slots `slots` (int [n]) of a storage into [B, n*T, H, D]."""
+    """Dequantize the visible slots `slots` (int [n]) of a storage into [B, n*T, H, D] (into `out` if given)."""
     check_scale_rule(scale_rule)
+    if out is not None:
+        _, batch, tokens, heads, half_d = values.shape
+        out = dequantize_output(out, (batch, slots.numel() * tokens, heads, half_d * 2), out_dtype, values.device)
+        out.copy_(dequantize_slots_reference(values, scales, amax, slots, scale_rule=scale_rule, out_dtype=out.dtype))
+        return out
     parts = []
     for slot in slots.tolist():
         _, batch, tokens, heads, half_d = values.shape

@@ -10,8 +10,8 @@ Lifecycle (longlive/cache.py): the denoising forwards of a chunk write nothing; 
 the dequantized visible slots plus the chunk's own BF16 K/V. The clean t=0 pass (and a re-cache
 pass) has `keep=True`: its K/V are quantized into the working slot as each layer computes them,
 so each chunk is quantized once and no BF16 copy of it is held. `attend` dequantizes the other
-visible slots with one kernel launch into a scratch buffer of one layer's window and puts the
-chunk's own K/V at its end.
+visible slots with one kernel launch straight into a scratch buffer of one layer's window and puts
+the chunk's own K/V at its end.
 
 Relative RoPE turns cached keys through `read`/`write` (dequantize, rotate, re-quantize): each
 turn adds one rounding; docs/benchmarks.md measures the error over 1,000 latent frames.
@@ -44,6 +44,7 @@ class NVFP4Storage:
         self.amax = {kind: torch.zeros(spec.num_layers, spec.num_slots, dtype=torch.float32, device=spec.device)
                      for kind in "kv"}
         self._scratch: dict[tuple[str, int], torch.Tensor] = {}  # (K or V, visible slots) -> [B, n*T, H, D]
+        self._slot_index: dict[tuple[int, ...], torch.Tensor] = {}  # slots -> int32 on the device
 
     # ---- the attention-time call -------------------------------------------------------------
 
@@ -71,7 +72,9 @@ class NVFP4Storage:
         """Quantize one chunk's K/V [B, T, H, D] into `slot` of `layer`, in place."""
         self._check_chunk(k, v)
         for kind, x in (("k", k), ("v", v)):
-            amax = x.detach().abs().amax().float()
+            # Over every head: under a head-split sequence layout (Ulysses SP) the ranks agree on the
+            # amax, so each quantizes its heads exactly as a single-device cache would.
+            amax = self.spec.layout.reduce_max(x.detach().abs().amax().float())
             self.amax[kind][layer, slot] = amax
             self.backend.quantize_chunk(x, amax, scale_rule=self.scale_rule,
                                         values_out=self.values[kind][layer, slot],
@@ -79,7 +82,7 @@ class NVFP4Storage:
 
     def read(self, layer: int, slots: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Dequantized K, V [B, len(slots)*T, H, D] in the spec's dtype (a new tensor)."""
-        index = torch.tensor(slots, dtype=torch.int32, device=self.spec.device)
+        index = self._index(tuple(slots))
         return tuple(self.backend.dequantize_slots(self.values[kind][layer], self.scales[kind][layer],
                                                    self.amax[kind][layer], index, scale_rule=self.scale_rule,
                                                    out_dtype=self.spec.dtype) for kind in "kv")  # type: ignore[return-value]
@@ -101,12 +104,19 @@ class NVFP4Storage:
             out = torch.empty(own.shape[0], (len(others) + 1) * t, own.shape[2], own.shape[3], dtype=own.dtype,
                               device=own.device)
             self._scratch[key] = out
-        index = torch.tensor(others, dtype=torch.int32, device=self.spec.device)
-        out[:, : len(others) * t] = self.backend.dequantize_slots(
-            self.values[kind][layer], self.scales[kind][layer], self.amax[kind][layer], index,
-            scale_rule=self.scale_rule, out_dtype=own.dtype)
+        self.backend.dequantize_slots(self.values[kind][layer], self.scales[kind][layer], self.amax[kind][layer],
+                                      self._index(tuple(others)), scale_rule=self.scale_rule, out_dtype=own.dtype,
+                                      out=out[:, : len(others) * t])  # in place: no second copy of the window
         out[:, len(others) * t:] = own
         return out
+
+    def _index(self, slots: tuple[int, ...]) -> torch.Tensor:
+        """The slot numbers as a device tensor, made once per tuple: a host-to-device copy from
+        pageable memory per call would make the host wait for the GPU at every attention call."""
+        index = self._slot_index.get(slots)
+        if index is None:
+            index = self._slot_index[slots] = torch.tensor(slots, dtype=torch.int32, device=self.spec.device)
+        return index
 
     def _check_chunk(self, k: torch.Tensor, v: torch.Tensor) -> None:
         s = self.spec

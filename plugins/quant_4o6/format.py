@@ -50,7 +50,14 @@ class FourOverSixFormat:
         if missing:
             raise ConfigError(f"quant_4o6: packed state lacks {missing}; expected {list(PACKED)}")
         for name in PACKED:
-            setattr(module, name, state[name].to(getattr(module, name).device))
+            own = getattr(module, name)
+            if tuple(state[name].shape) != tuple(own.shape) or state[name].dtype.itemsize != own.dtype.itemsize:
+                raise ConfigError(f"quant_4o6: packed {name} is {tuple(state[name].shape)} {state[name].dtype}, the "
+                                  f"{module.out_features}x{module.in_features} linear needs {tuple(own.shape)} "
+                                  f"{own.dtype}; the checkpoint is for another preset")
+        for name in PACKED:  # same bits, our dtype (a file may store the E4M3 scales as uint8)
+            own = getattr(module, name)
+            setattr(module, name, state[name].view(own.dtype).to(own.device))
 
     def cast(self, module: nn.Module, dtype: torch.dtype) -> nn.Module:
         with torch.no_grad():

@@ -18,24 +18,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from longlive.components import ComponentRegistry
 from longlive.errors import ConfigError
 from longlive.model.checkpoint import load_strict, save_safetensors_atomic
-from longlive.quant.apply import format_object
+from longlive.quant.installed import installed_formats
 from longlive.quant.format import QuantFormat
-from longlive.registry.manager import installed_plugins, load_plugin_class
-from longlive.structure import structure
-
-
-def installed_formats() -> dict[str, QuantFormat]:
-    """Every quant_format component the installed plugins register with their default configs."""
-    registry = ComponentRegistry()
-    for name in sorted(installed_plugins()):
-        cls = load_plugin_class(name)
-        plugin = cls(structure({}, cls.Config, where=f"plugins.{name}"))
-        if hasattr(plugin, "longlive_register_components"):
-            plugin.longlive_register_components(registry=registry.scoped(name))
-    return {n: format_object(registry.get("quant_format", n, where="test").value) for n in registry.names("quant_format")}
 
 
 FORMATS = installed_formats()

@@ -15,7 +15,7 @@ from toy_setup import make_toy_run, toy_table
 
 
 def main(shards: str, out: str, batch: int, accum: int, steps: int, device: str = "cpu") -> None:
-    from longlive.distributed import init_distributed, shutdown
+    from longlive.distributed import close_mesh, init_distributed, shutdown
     from longlive.train.config import train_config
     from longlive.train.trainer import Trainer
 
@@ -40,6 +40,7 @@ def main(shards: str, out: str, batch: int, accum: int, steps: int, device: str 
                 json.dump({"losses": result["losses"], "max_param_diff": diff, "world_size": info.world_size}, f)
     finally:
         shutdown(info)
+        close_mesh(run.mesh)  # make_run joined the process group (the core's device mesh)
 
 
 if __name__ == "__main__":

@@ -153,3 +153,20 @@ def test_bad_arguments_fail_with_one_line(kernels):
         kernels.quantize_chunk_triton(x, torch.tensor(1.0), scale_rule="static_6")
     with pytest.raises(ValueError, match="scale_rule='mae' is not supported"):
         reference.quantize_chunk_reference(torch.zeros(1, 2, 2, 64), torch.tensor(1.0), scale_rule="mae")
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_dequantize_kernel_writes_into_the_front_of_a_window_buffer(kernels, out_dtype):
+    xs, values, scales, amax = _storage("mse", slots=4, batch=2, tokens=5, heads=3, head_dim=32)
+    slots = torch.tensor([3, 1])
+    window = torch.full((2, 3 * 5, 3, 32), 7.0, dtype=out_dtype)  # 2 slots dequantized + the chunk's own 5 tokens
+    front = window[:, :10]  # batch stride 15*3*32: not contiguous
+    got = kernels.dequantize_slots_triton(values, scales, amax, slots, scale_rule="mse", out=front)
+    assert got.data_ptr() == window.data_ptr()
+    want = reference.dequantize_slots_reference(values, scales, amax, slots, scale_rule="mse", out_dtype=out_dtype)
+    assert torch.equal(window[:, :10], want) and (window[:, 10:] == 7).all()
+    ref_window = torch.full_like(window, 7.0)
+    reference.dequantize_slots_reference(values, scales, amax, slots, scale_rule="mse", out=ref_window[:, :10])
+    assert torch.equal(ref_window, window)
+    with pytest.raises(ValueError, match=r"out is \(2, 9, 3, 32\)"):
+        kernels.dequantize_slots_triton(values, scales, amax, slots, scale_rule="mse", out=window[:, :9])

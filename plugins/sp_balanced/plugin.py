@@ -1,0 +1,100 @@
+"""The sp_balanced plugin: the sequence-layout role filled by Ulysses SP for parallel.sp > 1.
+
+Hooks: `longlive_make_sequence_layout` (UlyssesLayout when the run's mesh has sp > 1, else the
+core's single-device layout), `longlive_parallelize_model` (the model fits the layout),
+`longlive_chunk_done` (bytes its collectives sent for the chunk, logged) and `longlive_run_end`
+(the totals in the run's result). Training under SP is part 2 (issue #18).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+
+from longlive.errors import ConfigError
+from longlive.registry import hookimpl
+from longlive.structure import one_of
+
+if TYPE_CHECKING:
+    import torch
+
+    from longlive.config import Experiment
+    from longlive.model.dit import WanDiT
+    from longlive.parallel import ParallelMesh
+    from longlive.pipeline import GenerationState
+    from longlive.run import RunContext
+    from longlive_plugins.sp_balanced.ulysses import UlyssesLayout
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen(kw_only=True)
+class SPBalancedConfig:
+    """The [plugins.sp_balanced] table (the SP size is the core's parallel.sp)."""
+
+    # How K and V cross the all-to-all: "activation" (the model's dtype: output equals one device)
+    # or "fp8" (E4M3 + an FP32 scale per token and head: fewer bytes, rounded K/V; inference only).
+    kv_exchange: str = attrs.field(default="activation", validator=one_of(("activation", "fp8")))
+
+
+class SPBalanced:
+    """Ulysses sequence-parallel inference (the layout role); counts what its collectives move."""
+
+    Config = SPBalancedConfig
+
+    def __init__(self, config: SPBalancedConfig) -> None:
+        self.config = config
+        self.chunks = 0  # chunks whose traffic was logged in this run
+        self.bytes_sent = 0
+        self.last_chunk: dict | None = None
+
+    @hookimpl
+    def longlive_configure(self, experiment: Experiment) -> None:
+        if experiment.parallel.sp > 1 and experiment.run.task == "train":
+            raise ConfigError(f"parallel.sp={experiment.parallel.sp} with run.task = \"train\": sp_balanced runs "
+                              "sequence parallelism for generate and bench (training under SP is issue #18); "
+                              "set parallel.sp = 1 to train data-parallel")
+
+    @hookimpl
+    def longlive_make_sequence_layout(self, mesh: ParallelMesh, run: RunContext) -> UlyssesLayout | None:
+        if mesh.sp == 1:
+            return None  # the core's single-device layout
+        from longlive_plugins.sp_balanced.ulysses import UlyssesLayout
+
+        geometry, preset = run.geometry, run.preset
+        layout = UlyssesLayout(mesh, kv_exchange=self.config.kv_exchange)
+        layout.check(num_heads=preset.num_heads, chunk_tokens=geometry.chunk_tokens)
+        log.info("sp_balanced: Ulysses layout, sp %d (rank %d of the group): %d of %d tokens and %d of %d heads "
+                 "per rank, K/V exchanged as %s", mesh.sp, mesh.sp_rank, geometry.chunk_tokens // mesh.sp,
+                 geometry.chunk_tokens, preset.num_heads // mesh.sp, preset.num_heads, self.config.kv_exchange)
+        return layout
+
+    @hookimpl
+    def longlive_parallelize_model(self, model: WanDiT, role: str, run: RunContext) -> None:
+        """Inference needs no change to the model (the layout works in the forward); check it fits."""
+        run.layout.check(num_heads=model.config.num_heads, chunk_tokens=run.geometry.chunk_tokens,
+                         where=f"parallel.sp (model {role})")
+
+    @hookimpl
+    def longlive_chunk_done(self, index: int, latents: torch.Tensor, state: GenerationState,
+                            run: RunContext) -> None:
+        traffic = state.cache.spec.layout.take_traffic()
+        if not traffic["bytes_sent"]:
+            return
+        self.chunks += 1
+        self.bytes_sent += traffic["bytes_sent"]
+        self.last_chunk = traffic
+        (log.info if self.chunks == 1 else log.debug)(
+            "sp_balanced: chunk %d: this rank sent %.2f MiB (%d all-to-all, %d all-gather, %d all-reduce; "
+            "computed from shapes)", index, traffic["bytes_sent"] / 2**20, traffic["all_to_all"],
+            traffic["all_gather"], traffic["all_reduce"])
+        run.log(index, {"sp/bytes_sent_per_rank": float(traffic["bytes_sent"])})
+
+    @hookimpl
+    def longlive_run_end(self, run: RunContext, result: dict) -> None:
+        if not self.chunks:
+            return
+        result["sp"] = {**run.mesh.describe(), "layout": run.layout.name, "chunks": self.chunks,
+                        "bytes_sent_per_rank": self.bytes_sent, "bytes_sent_per_rank_per_chunk": self.bytes_sent
+                        // self.chunks, "last_chunk": self.last_chunk}

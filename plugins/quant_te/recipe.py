@@ -25,10 +25,11 @@ from typing import Any
 import attrs
 
 from longlive.errors import ConfigError
-from longlive.quant.nvfp4 import E4M3_MAX
 
 SCOPES = ("none", "weights", "activations", "all")  # TE's _NVFP4_4OVER6_SCOPES
 ERR_MODES = ("MAE", "MSE")  # TE's _NVFP4_4OVER6_ERR_MODES
+STANDARD_E4M3_BOUND = 448.0  # TE's nvfp4_e4m3_max for 4/6 tensors outside nvfp4_4over6_e4m3_use_256
+# (this module stays free of torch: `validate` and `plugins` import it)
 FIXED_RECIPE_FIELDS = {  # passed explicitly, so TE's NVTE_* environment defaults cannot change a run
     "row_scaled_activation": False,
     "backward_override": None,
@@ -82,7 +83,7 @@ def recipe_kwargs(config: Any) -> dict[str, Any]:
 def _four_over_six_bound(config: Any, role: str) -> float | None:
     """448 for a 4/6 operand that `nvfp4_4over6_e4m3_use_256` leaves at the standard bound, else None."""
     if _in_scope(config.nvfp4_4over6, role) and not _in_scope(config.nvfp4_4over6_e4m3_use_256, role):
-        return E4M3_MAX
+        return STANDARD_E4M3_BOUND
     return None
 
 

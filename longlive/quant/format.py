@@ -12,6 +12,8 @@ protocol below is all the core and the trainer know about a format:
   parameter and quantizes on the fly (the optimizer updates the master copy).
 - `packed_state(module)` / `load_packed(module, state)`: the packed tensors of one converted module
   (what a materialized checkpoint holds), names relative to the module.
+  A format without a packed form (TE quantizes the high-precision weights it holds) returns {}
+  and its `load_packed` refuses tensors with a ConfigError.
 - `cast(module, dtype)`: move a converted module's *high-precision* tensors to `dtype` and leave the
   packed ones alone. `module.float()` or `.to(dtype)` would also cast float8 block scales, which
   are floating-point tensors to torch.

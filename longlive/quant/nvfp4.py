@@ -11,7 +11,7 @@ reduction dim K). Three numbers describe every element:
 
 amax = max|x| over the tensor; V is the E2M1 value the largest element maps to (6, or 4 for
 `static_4`), S is the largest block scale (448, or 256 for the 4/6 rules, so that a block scale
-times 1.5 still fits in E4M3). Quantizing one block (fouroversix 1.0.5's fp32 op order, which we
+times 1.5 still fits in E4M3; `scale_max=448` keeps 448 for a 4/6 rule, as TE allows). Quantizing one block (fouroversix 1.0.5's fp32 op order, which we
 match bit for bit; TE folds 1/6 into the global scale and differs at rare exact ties):
 
     enc = (V * S) / amax                     per tensor (all scales 0 when amax == 0)
@@ -34,6 +34,17 @@ fouroversix's own tests do).
 Where fouroversix differs (by design): E2M1 rounding saturates at 6 as the hardware does
 (`cvt.rn.satfinite`); fouroversix rounds |x| >= 7 to 8 and writes a wrong code. That only happens
 when a block scale lands on an E4M3 subnormal (block max < amax * 2^-6 / S) and rounds down a lot.
+
+TE's op order (`op_order="te"`; TransformerEngine 2.20, the pure-PyTorch reference
+`transformer_engine/pytorch/custom_recipes/reference_nvfp4.py`, which matches its kernels): for the
+static rules the block scale folds 1/V into the global scale first, s_b = e4m3(max|x_b| *
+(enc * (1/V))) ("fold the FP4 reciprocal into the global scale multiplier"), so an FP32 rounding
+lands elsewhere and at rare exact ties s_b differs by one E4M3 code from fouroversix's order
+(nvfp4.md §1.4: 0 of 196,608 scales on N(0,1), 67 of 81,920 on rows scaled by exp(randn)). Its
+4/6 candidates use fouroversix's (max|x_b| / V) * enc, but sum the block errors in FP32 in element
+order (`_quantize_blockwise_4over6_reference`), and for 16x16 tiles per row first, then over the
+16 rows as a pairwise tree (`_sum_4over6_2d_error`, the CUDA warp reduction's order). The element
+rounding, the clamp to +-6 and the e4m3 cast are the same in both orders.
 
 2D blocks (`block_2d=True`, weights): one scale per 16x16 tile of a 2-D tensor, stored repeated
 on each of the tile's 16 rows, so Q(W)^T == Q(W^T).
@@ -58,8 +69,10 @@ E4M3_MAX_FOUR_OVER_SIX = 256.0  # 4/6 rules: 1.5 * 256 = 384 stays below 448
 FOUR_OVER_SIX_FACTOR = 1.5
 SCALE_RULES = ("static_6", "static_4", "mse", "mae", "abs_max")
 ROUND_STYLES = ("nearest", "stochastic")
+OP_ORDERS = ("fouroversix", "te")  # whose FP32 op order quantize follows (module docstring)
 ScaleRule = Literal["static_6", "static_4", "mse", "mae", "abs_max"]
 RoundStyle = Literal["nearest", "stochastic"]
+OpOrder = Literal["fouroversix", "te"]
 
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # index = code & 7
 # Round-to-nearest-even thresholds between consecutive magnitudes: a magnitude passes
@@ -71,10 +84,18 @@ _RTNE_INCLUSIVE = (0.75, 1.75, 3.5)  # ties 0.75 -> 1, 1.75 -> 2, 3.5 -> 4
 _FIXED_RHT_SIGNS = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
 
 
-def scale_rule_constants(scale_rule: str) -> tuple[float, float]:
-    """(V, S): the E2M1 value a tensor's amax maps to and the largest block scale."""
+def scale_rule_constants(scale_rule: str, scale_max: float | None = None) -> tuple[float, float]:
+    """(V, S): the E2M1 value a tensor's amax maps to and the largest block scale.
+
+    `scale_max` overrides S (TE's `nvfp4_4over6_e4m3_use_256` lets 4/6 tensors keep 448; its map-to-4
+    candidate then clamps at 448 like any scale); None keeps the rule's own bound.
+    """
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"scale_rule={scale_rule!r} is not one of {SCALE_RULES}")
+    if scale_max is not None:
+        if scale_max not in (E4M3_MAX, E4M3_MAX_FOUR_OVER_SIX):
+            raise ValueError(f"scale_max={scale_max!r} is not one of ({E4M3_MAX}, {E4M3_MAX_FOUR_OVER_SIX})")
+        return scale_rule_constants(scale_rule)[0], scale_max
     if scale_rule == "static_6":
         return E2M1_MAX, E4M3_MAX
     if scale_rule == "static_4":
@@ -82,9 +103,9 @@ def scale_rule_constants(scale_rule: str) -> tuple[float, float]:
     return E2M1_MAX, E4M3_MAX_FOUR_OVER_SIX
 
 
-def global_decode_scale(amax: torch.Tensor, scale_rule: str) -> torch.Tensor:
+def global_decode_scale(amax: torch.Tensor, scale_rule: str, scale_max: float | None = None) -> torch.Tensor:
     """g = amax / (V * S) in FP32: multiply block values q * s_b by it to dequantize."""
-    value_max, scale_max = scale_rule_constants(scale_rule)
+    value_max, scale_max = scale_rule_constants(scale_rule, scale_max)
     return amax.float() / torch.tensor(value_max * scale_max, dtype=torch.float32, device=amax.device)
 
 
@@ -256,6 +277,7 @@ class NVFP4Tensor:
     packed:  uint8 [..., K_pad/2], two E2M1 codes a byte (element 2i in the low nibble)
     scales:  float8_e4m3fn [..., K_pad/16], row-major, one per 1x16 block (2D: tile scale per row)
     amax:    FP32 0-d, the per-tensor max|x| the global scale derives from
+    scale_max: the global bound S when it is not the rule's own (`scale_rule_constants`), else None
     """
 
     packed: torch.Tensor
@@ -264,11 +286,12 @@ class NVFP4Tensor:
     shape: tuple[int, ...]
     scale_rule: str
     block_2d: bool = False
+    scale_max: float | None = None
 
     @property
     def global_scale(self) -> torch.Tensor:
         """FP32 decode scale g = amax / (V * S)."""
-        return global_decode_scale(self.amax, self.scale_rule)
+        return global_decode_scale(self.amax, self.scale_rule, self.scale_max)
 
     def codes(self) -> torch.Tensor:
         """uint8 [..., K_pad] element codes."""
@@ -290,8 +313,25 @@ def _tree_sum(terms: torch.Tensor) -> torch.Tensor:
     return terms[..., 0]
 
 
-def _block_error(dequantized: torch.Tensor, x: torch.Tensor, scale_rule: str) -> torch.Tensor:
+def _te_sum(terms: torch.Tensor) -> torch.Tensor:
+    """TE's FP32 sum of block error terms [..., n]: element by element for a 1x16 block; a 16x16
+    tile ([..., 256], row-major inside the tile) sums each row in order, then the 16 row sums
+    pairwise, rows 0-7 + 8-15 first (reference_nvfp4.py `_sum_4over6_2d_error`)."""
+    rows = terms.reshape(*terms.shape[:-1], -1, BLOCK_SIZE)  # [..., tile rows (1 or 16), 16]
+    total = torch.zeros(rows.shape[:-1], dtype=torch.float32, device=terms.device)
+    for index in range(BLOCK_SIZE):
+        total = total + rows[..., index]
+    while total.shape[-1] > 1:
+        half = total.shape[-1] // 2
+        total = total[..., :half] + total[..., half:]
+    return total[..., 0]
+
+
+def _block_error(dequantized: torch.Tensor, x: torch.Tensor, scale_rule: str, op_order: str = "fouroversix"
+                 ) -> torch.Tensor:
     diff = dequantized - x  # [..., block elements]
+    if op_order == "te" and scale_rule in ("mse", "mae"):
+        return _te_sum(diff * diff if scale_rule == "mse" else diff.abs())
     if scale_rule == "mse":
         return _tree_sum(diff * diff)
     if scale_rule == "mae":
@@ -306,16 +346,26 @@ def quantize_blocks(
     scale_rule: str,
     round_style: RoundStyle = "nearest",
     generator: torch.Generator | None = None,
+    op_order: OpOrder = "fouroversix",
+    scale_max: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize FP32 blocks [..., n] (n = 16, or 256 for 2D tiles) with the tensor's amax.
 
-    Returns (codes uint8 [..., n], scales float8_e4m3fn [...]).
+    Returns (codes uint8 [..., n], scales float8_e4m3fn [...]). `op_order`: module docstring;
+    `scale_max`: see `scale_rule_constants`.
     """
-    value_max, scale_max = scale_rule_constants(scale_rule)
+    if op_order not in OP_ORDERS:
+        raise ValueError(f"op_order={op_order!r} is not one of {OP_ORDERS}")
+    value_max, scale_max = scale_rule_constants(scale_rule, scale_max)
     amax = amax.float().reshape(())
     both_max = torch.tensor(value_max * scale_max, dtype=torch.float32, device=blocks.device)
     encode = both_max / amax  # inf when amax == 0; masked below
-    unrounded = (blocks.abs().amax(dim=-1) / torch.tensor(value_max, device=blocks.device)) * encode
+    block_max = blocks.abs().amax(dim=-1)
+    v = torch.tensor(value_max, dtype=torch.float32, device=blocks.device)
+    if op_order == "te" and scale_rule in ("static_6", "static_4"):
+        unrounded = block_max * (encode * torch.reciprocal(v))  # TE: 1/V folded into the global scale
+    else:
+        unrounded = (block_max / v) * encode
     unrounded = torch.where(amax == 0, torch.zeros_like(unrounded), unrounded)
 
     def candidate(scales_fp32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,8 +382,8 @@ def quantize_blocks(
     def dequantized(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return ((e2m1_values(codes) * scales.float()[..., None]) * amax) / both_max
 
-    err6 = _block_error(dequantized(codes6, scales6), blocks, scale_rule)
-    err4 = _block_error(dequantized(codes4, scales4), blocks, scale_rule)
+    err6 = _block_error(dequantized(codes6, scales6), blocks, scale_rule, op_order)
+    err4 = _block_error(dequantized(codes4, scales4), blocks, scale_rule, op_order)
     pick4 = err4 < err6  # ties keep 6
     codes = torch.where(pick4[..., None], codes4, codes6)
     scales = torch.where(pick4, scales4.view(torch.uint8), scales6.view(torch.uint8))
@@ -348,10 +398,14 @@ def quantize(
     block_2d: bool = False,
     round_style: RoundStyle = "nearest",
     generator: torch.Generator | None = None,
+    op_order: OpOrder = "fouroversix",
+    scale_max: float | None = None,
 ) -> NVFP4Tensor:
     """Quantize x [..., K] to NVFP4 along its last dim; K (and rows for 2D) padded with zeros.
 
-    `amax` overrides max|x| (e.g. a KV-cache slot's amax); `block_2d` needs a 2-D x.
+    `amax` overrides max|x| (e.g. a KV-cache slot's amax); `block_2d` needs a 2-D x; `op_order`
+    picks fouroversix's or TE's FP32 op order (module docstring); `scale_max` overrides the rule's
+    global bound S (`scale_rule_constants`).
     """
     if block_2d and x.ndim != 2:
         raise ValueError(f"quantize: block_2d needs a 2-D tensor, got shape {tuple(x.shape)}")
@@ -370,7 +424,8 @@ def quantize(
     else:
         blocks = flat.reshape(rows, nb, BLOCK_SIZE)  # [R, K/16, 16]
     codes, scales = quantize_blocks(
-        blocks, amax, scale_rule=scale_rule, round_style=round_style, generator=generator
+        blocks, amax, scale_rule=scale_rule, round_style=round_style, generator=generator, op_order=op_order,
+        scale_max=scale_max,
     )
     if block_2d:  # back to [R, K_pad] codes and per-row [R, K/16] scales
         codes = codes.reshape(-1, nb, BLOCK_SIZE, BLOCK_SIZE).permute(0, 2, 1, 3).reshape(rows_pad, k_pad)
@@ -384,6 +439,7 @@ def quantize(
         shape=tuple(x.shape),
         scale_rule=scale_rule,
         block_2d=block_2d,
+        scale_max=scale_max,
     )
 
 

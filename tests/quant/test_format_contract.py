@@ -5,7 +5,9 @@ Each format is found the way a run finds it: every installed plugin, default con
 of a converted linear against fp64 on random inputs; it is held to it for the forward in fp32 and
 BF16 and for the straight-through/quantized training gradients. Also: the protocol and the probe,
 packed state round trips (through the format and through a safetensors file), and casts that
-leave packed tensors bit for bit alone.
+leave packed tensors bit for bit alone. A format without a packed format (te_nvfp4: TE quantizes
+the high-precision weights it holds) returns an empty `packed_state`, refuses packed tensors in
+`load_packed` with a ConfigError, and round trips its high-precision state dict instead.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from longlive.errors import ConfigError
 from longlive.model.checkpoint import load_strict, save_safetensors_atomic
 from longlive.quant.installed import installed_formats
 from longlive.quant.format import QuantFormat
@@ -44,7 +47,7 @@ def _linear(seed: int, dtype: torch.dtype = torch.float32) -> nn.Linear:
 
 
 def test_the_issue_formats_are_installed():
-    assert {"fouroversix", "fp8_rowwise", "mxfp4"} <= set(NAMES)  # mxfp4: examples/longlive-quant-mxfp4
+    assert {"fouroversix", "fp8_rowwise", "mxfp4", "te_nvfp4"} <= set(NAMES)  # mxfp4: examples/longlive-quant-mxfp4
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -92,6 +95,12 @@ def test_packed_state_round_trips_through_the_format_and_a_file(name, tmp_path):
     x = torch.randn(TOKENS, IN)
     source = fmt.convert(_linear(2), role="generator", training=False, path="emulate")
     target = fmt.convert(_linear(3), role="generator", training=False, path="emulate")
+    if fmt.packed_state(source) == {}:  # no packed format: refuses packed tensors, saves high precision
+        with pytest.raises(ConfigError, match="no packed format"):
+            fmt.load_packed(target, {"weight_fp4": torch.zeros(OUT, IN // 2, dtype=torch.uint8)})
+        assert all(t.is_floating_point() for t in source.state_dict().values())
+        fmt.load_packed(target, {})
+        target.load_state_dict(source.state_dict())
     with torch.no_grad():
         want = source(x)
         target.bias.copy_(source.bias)

@@ -5,7 +5,7 @@
 #   2. the short NVFP4 AR fine-tune of the toy model (experiments/toy/train_ar_nvfp4.toml, emulated W4A4 on the
 #      GPU) and, as its control, the same recipe unquantized;
 #   3. held-out ToyBench (eval_ar's 32 clips, fp32 like the CPU runs, so the numbers compare) for: unquantized,
-#      W4A4 static_6, W4A4 mse, FP8, MXFP4, the NVFP4 fine-tune served W4A4 mse (with and without kv_fp4), and
+#      W4A4 static_6, W4A4 mse, TE's NVFP4 recipe (emulated), FP8, MXFP4, the NVFP4 fine-tune served W4A4 mse (with and without kv_fp4), and
 #      the unquantized fine-tune. The evaluations run side by side (the toy model is small).
 # Needs .whl/ carried (fouroversix built with SKIP_CUDA_BUILD=1, setuptools, webdataset, braceexpand):
 #   run(command="bash benchmarks/gpu_quant.sh", carry=[".whl"])
@@ -54,5 +54,6 @@ evaluate ft_nvfp4_w4a4_mse experiments/toy/eval_ar_w4a4_mse.toml --set 'model.ch
 evaluate ft_nvfp4_w4a4_mse_kv_fp4 experiments/toy/eval_ar_w4a4_mse.toml --set 'model.checkpoint="/tmp/ft_nvfp4/model.safetensors"' \
   --set 'run.plugins=["toyworld","quant_4o6","kv_fp4"]' &
 evaluate ft_bf16 experiments/toy/eval_ar.toml --set 'model.checkpoint="/tmp/ft_bf16/model.safetensors"' &
+evaluate te_nvfp4 experiments/toy/eval_ar_te.toml &
 wait
 echo "total ${SECONDS} s"

@@ -5,6 +5,7 @@
 #                                          then the denoise loop with the NVFP4 KV cache (kv_fp4, static_6)
 #   bash benchmarks/gpu_stack.sh speed     BF16 / vae_async stream / FP8 (+ vae_async stream): denoise-loop FPS,
 #                                          peak memory, time split, pipelined end-to-end FPS through the decoder
+#   bash benchmarks/gpu_stack.sh short     tests, kv_fp4, FP8's output error, CUDA graphs (each shortened) for a small budget
 #   bash benchmarks/gpu_stack.sh extra     CUDA graphs (torch.compile mode="reduce-overhead"), FP8 with kv_fp4,
 #                                          and FP8's model-output error against BF16 (benchmarks/quant_model_error.py)
 # Needs .whl/ carried (benchmarks/README.md): run(command="bash benchmarks/gpu_stack.sh speed", carry=[".whl"]).
@@ -16,7 +17,9 @@ export PYTHONUNBUFFERED=1
 FINAL=${OUT:-/tmp/longlive_stack}
 mkdir -p "$FINAL"
 OUT=$(mktemp -d)
-trap 'tar czf "$FINAL/stack_$part.tar.gz" -C "$OUT" .' EXIT
+pack() { tar czf "$FINAL/stack_$part.tar.gz" -C "$OUT" .; }
+trap pack EXIT
+trap 'exit 143' TERM  # a time limit's SIGTERM still packs what is done
 python3 -m pip install -q --no-index --no-deps .whl/*.whl
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
 {
@@ -31,6 +34,7 @@ bench() {  # $1 name, then --set overrides
     | grep -v "USDT\|profiler_st" > "$OUT/bench_$name.log"
   cp "/tmp/bench_$name/result.json" "$OUT/bench_$name.json" 2>/dev/null
   echo "== $name (${SECONDS} s)"; tail -6 "$OUT/bench_$name.log"
+  pack
 }
 STREAM=(--set 'plugins.vae_async.mode="stream"' --set bench.pipeline_chunks=8)
 FP8=(--set 'quant.generator="fp8_rowwise"' --set 'quant.mode="real"')
@@ -48,6 +52,14 @@ case $part in
     python3 benchmarks/quant_model_error.py --experiment experiments/bench/bf16_5b.toml --formats fp8_rowwise \
       --plugins quant_fp8 --mode real --set model.compile=false --chunks 6 --out "$OUT/fp8_model_error_5b.json" 2>&1 \
       | grep -v Warn | tail -3 ;;
-  *) echo "usage: $0 tests|speed|extra"; exit 2 ;;
+  short)  # what fits in a short device budget: the GPU tests, kv_fp4, FP8's output error, then CUDA graphs
+    timeout 120 python3 -m pytest -q -m gpu tests/gpu plugins -p no:cacheprovider 2>&1 | tail -15 > "$OUT/gpu_tests.txt"
+    tail -3 "$OUT/gpu_tests.txt"; pack
+    bench kv_fp4 --set 'run.plugins=["kv_fp4"]' --set bench.vae_chunks=0 --set bench.profile_chunks=0
+    timeout 120 python3 benchmarks/quant_model_error.py --experiment experiments/bench/bf16_5b.toml --formats fp8_rowwise \
+      --plugins quant_fp8 --mode real --set model.compile=false --chunks 5 --out "$OUT/fp8_model_error_5b.json" 2>&1 \
+      | grep -v Warn | tail -2; pack
+    bench bf16_reduce_overhead --set 'model.compile_mode="reduce-overhead"' --set bench.vae_chunks=0 --set bench.profile_chunks=0 ;;
+  *) echo "usage: $0 tests|speed|extra|short"; exit 2 ;;
 esac
 echo "total ${SECONDS} s"

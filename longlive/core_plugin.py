@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from longlive.quant.apply import QuantReport
     from longlive.protocols import Codec, Decoder, Objective
     from longlive.run import RunContext
+    from longlive.train.algorithm import TrainingAlgorithm, TrainingContext
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ class CorePlugin:
         from longlive.decode import SyncDecoder
 
         return SyncDecoder(codec)
+
+    @hookimpl(trylast=True)
+    def longlive_make_training_algorithm(self, context: TrainingContext) -> TrainingAlgorithm:
+        from longlive.train.teacher_forcing import TeacherForcing
+
+        return TeacherForcing(context)
 
     @hookimpl(trylast=True)
     def longlive_make_objective(self, run: RunContext) -> Objective:

@@ -215,28 +215,31 @@ class DMDAlgorithm:
 
     def _dmd(self, video: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The DMD loss of `video` (plugins/dmd/loss.py) and mean |grad| (detached)."""
-        config = self.config
-        batch_size, frames = video.shape[0], video.shape[2]
-        generators = []
-        for seed in derived_seeds(batch["seeds"], _DMD_DRAW):
-            g = torch.Generator(device=video.device)
-            g.manual_seed(seed)
-            generators.append(g)
-        groups = self.chunks if config.i2v else 1  # LongLive: one t per video (T2V), per chunk (I2V)
-        sigma = draw_sigmas(batch_size, frames, groups=groups, shift=self.context.config.timestep_shift,
-                            t_min=config.t_min, t_max=config.t_max, generators=generators, device=video.device)
-        noise = torch.stack([torch.randn(video.shape[1:], generator=g, device=video.device) for g in generators])
-        keep = None
-        if config.i2v:
-            clean = self._clean_frames(video)
-            sigma = torch.where(clean, torch.zeros_like(sigma), sigma)
-            keep = ~clean
-        x = video.detach()
-        x_t = FlowMatching.add_noise(x, noise, sigma)  # frame 0 stays the image where sigma = 0
+        x_t, sigma, keep = self.dmd_inputs(video.detach(), batch)
         with torch.no_grad():
             fake, real = self.score_x0(x_t, sigma, batch["context"])
-        grad = dmd_gradient(x, fake, real, self.frames_per_chunk)
+        grad = dmd_gradient(video.detach(), fake, real, self.frames_per_chunk)
         return dmd_loss(video, grad, keep), grad.abs().mean().detach().float()
+
+    def dmd_inputs(self, x: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The noisy video x_t, its noise levels sigma [B, F] and the loss frames [B, F] (None: all),
+        drawn from the samples' seeds (one level per video for T2V, per chunk for I2V, as LongLive)."""
+        config = self.config
+        generators = []
+        for seed in derived_seeds(batch["seeds"], _DMD_DRAW):
+            g = torch.Generator(device=x.device)
+            g.manual_seed(seed)
+            generators.append(g)
+        groups = self.chunks if config.i2v else 1
+        sigma = draw_sigmas(x.shape[0], x.shape[2], groups=groups, shift=self.context.config.timestep_shift,
+                            t_min=config.t_min, t_max=config.t_max, generators=generators, device=x.device)
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in generators])
+        keep = None
+        if config.i2v:
+            clean = self._clean_frames(x)
+            sigma = torch.where(clean, torch.zeros_like(sigma), sigma)  # x_t keeps the image frame
+            keep = ~clean
+        return FlowMatching.add_noise(x, noise, sigma), sigma, keep
 
     def score_x0(self, x_t: torch.Tensor, sigma: torch.Tensor,
                  context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

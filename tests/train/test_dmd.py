@@ -1,0 +1,183 @@
+"""DMD distillation (plugins/dmd) on the debug DiT and toy-world shards: the DMD gradient against
+its formula, the critic's loss is the core objective, exact resume of three networks,
+adapter-only checkpoints, and the exported student loading through [model] lora."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from longlive.model.attention import block_causal_mask
+from longlive.model.checkpoint import save_safetensors_atomic
+from longlive.model.dit import WanDiT
+from longlive.model.presets import DIT_PRESETS
+from longlive.sampling import FlowMatching
+from longlive.train.objective import FlowMatchingObjective
+from longlive.train.trainer import Trainer, run_training
+from longlive.registry import hookimpl
+from toy_setup import make_toy_run, toy_table
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """A debug DiT with a non-zero head (Wan's init zeroes it: no gradient would reach the adapters)."""
+    torch.manual_seed(0)
+    model = WanDiT(DIT_PRESETS["debug"])
+    path = tmp_path_factory.mktemp("start") / "start.safetensors"
+    save_safetensors_atomic({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}, path,
+                            metadata={"prediction": "velocity"})
+    return str(path)
+
+
+def _table(data, start, **dmd):
+    table = toy_table(data, steps=STEPS, lora_rank=4, init_from=start, save_every=2, batch_size=1,
+                      export="student.safetensors")
+    table["run"]["plugins"] = ["toyworld", "dmd"]
+    table["sampler"]["name"] = "unipc"
+    table["plugins"]["dmd"] = {"generator_every": 2, "generator_lr": 1e-3, "critic_lr": 1e-3, **dmd}
+    return table
+
+
+def _single():
+    from longlive.distributed import DistInfo
+
+    return DistInfo(rank=0, world_size=1, local_rank=0)
+
+
+def _trainer(table, run_dir=None):
+    from longlive.train.config import train_config
+
+    run = make_toy_run(table, run_dir)
+    run.task_config = train_config(run)
+    return Trainer(run, run.task_config, info=_single())
+
+
+def _reference_gradient(x, fake, real, fpc):
+    out = torch.empty_like(x, dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for start in range(0, x.shape[2], fpc):
+            sl = (b, slice(None), slice(start, start + fpc))
+            out[sl] = (fake[sl] - real[sl]) / (x[sl].double() - real[sl]).abs().mean()
+    return out
+
+
+@pytest.mark.parametrize("i2v", [False, True])
+def test_dmd_gradient_equals_the_formula(toy_shards, start, i2v):
+    """Autograd's gradient of the DMD loss w.r.t. the student's adapters equals J^T g / N with g
+    computed here from the critic and the guided teacher called directly."""
+    trainer = _trainer(_table(toy_shards, start, real_guidance=3.0, i2v=i2v))
+    dmd = trainer.algorithm
+    batch = trainer.context.next_batch()
+    video = dmd._rollout(batch, dmd._plan(0, 0), grad=True, salt=1)
+    params = dmd.generator.params
+    loss, _ = dmd._dmd(video, batch)
+    got = torch.autograd.grad(loss, params, retain_graph=True)
+
+    x_t, sigma, keep = dmd.dmd_inputs(video.detach(), batch)
+    f, fpc = video.shape[2], trainer.run.experiment.sampler.frames_per_chunk
+    mask = block_causal_mask(f, x_t.shape[3] * x_t.shape[4] // 4, fpc, trainer.run.experiment.sampler.window_frames)
+    t = sigma * 1000
+    with torch.no_grad():
+        def x0(model, ctx):
+            return (x_t.double() - sigma.double()[:, None, :, None, None] * model(x_t, t, ctx, mask_mod=mask).double())
+        empty = dmd.context.text.encode([""]).float()[0].expand_as(batch["context"])
+        cond, uncond = x0(dmd.teacher, batch["context"]), x0(dmd.teacher, empty)
+        real = cond + 3.0 * (cond - uncond)
+        fake = x0(dmd.critic.model, batch["context"])
+    g = _reference_gradient(video.detach(), fake, real, fpc)
+    weight = torch.ones(video.shape[0], 1, f, 1, 1, dtype=torch.float64)
+    if i2v:
+        weight[:, :, 0] = 0
+        assert keep is not None and not keep[:, 0].any() and torch.equal(x_t[:, :, 0], batch["latents"][:, :, 0])
+        assert torch.equal(video[:, :, 0], batch["latents"][:, :, 0])  # the rollout clamps the image frame
+    n = (weight.expand(video.shape[0], video.shape[1], f, video.shape[3], video.shape[4])).sum()
+    expected = torch.autograd.grad((video.double() * (g * weight)).sum() / n, params)
+    assert any(e.abs().sum() > 0 for e in expected)
+    for a, e in zip(got, expected):
+        assert torch.allclose(a.double(), e.double(), rtol=1e-4, atol=1e-9)
+
+
+def test_critic_loss_is_the_objective_module(toy_shards, start):
+    trainer = _trainer(_table(toy_shards, start))
+    objective = trainer.algorithm.critic_objective
+    assert type(objective) is FlowMatchingObjective and objective.mode == "causal"
+    assert float(objective.sigmas.min()) == pytest.approx(0.02) and float(objective.sigmas.max()) <= 0.98 + 1e-6
+    metrics, _ = trainer.algorithm.train_step(1)  # a critic-only step
+    assert set(metrics) == {"critic/loss", "critic/mse", "critic/grad_norm"}
+
+
+class _Scalars:
+    """Collects every logged scalar by step; raises at `stop_at` (a simulated crash)."""
+
+    def __init__(self, stop_at=None):
+        self.scalars, self.stop_at = {}, stop_at
+
+    @hookimpl
+    def longlive_log(self, step, scalars, run):
+        self.scalars.setdefault(step, {}).update(scalars)
+        if step == self.stop_at:
+            raise KeyboardInterrupt(f"simulated interruption at step {step}")
+
+
+def _train(table, run_dir, *plugins):
+    return run_training(make_toy_run(table, run_dir, *plugins))
+
+
+def test_resume_with_three_networks_is_exact(toy_shards, start, tmp_path):
+    table = _table(toy_shards, start)
+    full = _Scalars()
+    _train(table, tmp_path / "full", full)
+    cut = _Scalars(stop_at=3)  # after the checkpoint of step 2
+    with pytest.raises(KeyboardInterrupt):
+        _train(table, tmp_path / "cut", cut)
+    rest = _Scalars()
+    result = _train(table, tmp_path / "cut", rest)
+    assert result["steps"] == STEPS
+    resumed = {**{s: v for s, v in cut.scalars.items() if s <= 2}, **rest.scalars}
+    for step in range(1, STEPS + 1):
+        a = {k: v for k, v in full.scalars[step].items() if k != "train/tokens_per_s"}
+        b = {k: v for k, v in resumed[step].items() if k != "train/tokens_per_s"}
+        assert a == b, step
+    assert "train/generator/loss" in full.scalars[1] and "train/generator/loss" not in full.scalars[2]
+    states = [torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (tmp_path / "full", tmp_path / "cut")]
+    for name in ("generator", "critic"):
+        one, two = (s["networks"][name] for s in states)
+        assert one["model"] and all(".lora_" in k for k in one["model"])  # adapter-only checkpoints
+        for key in one["model"]:
+            assert torch.equal(one["model"][key], two["model"][key]), (name, key)
+        assert set(one["optimizer"]["state"]) == set(two["optimizer"]["state"])
+    assert states[0]["teacher"] == {"source": start}  # the frozen teacher: its source, not its weights
+    assert states[0]["mode"] == "dmd"
+    assert math.isfinite(result["loss"])
+
+
+def test_exported_student_loads_through_model_lora_and_generates(toy_shards, start, tmp_path):
+    _train(_table(toy_shards, start), tmp_path / "run")
+    export = tmp_path / "run" / "student.safetensors"
+    with safe_open(str(export), "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["distilled"] == "dmd" and meta["sampler_steps"] == "2" and meta["sampler"] == "unipc"
+    assert meta["lora_rank"] == "4" and meta["weights"] == "live" and all(".lora_" in k for k in keys)
+
+    from longlive.assembly import build_model
+    from longlive.run import run_task
+
+    table = toy_table(toy_shards)
+    table["run"]["task"] = "generate"
+    table["model"]["checkpoint"] = start
+    table["sampler"].update(name="unipc", steps=2)
+    table["generate"] = {"prompt": "a red circle moves left"}
+    table["plugins"]["toyworld"]["score"] = False
+    del table["train"]
+    base = build_model(make_toy_run(table, None))
+    table["model"]["lora"] = str(export)
+    run = make_toy_run(table, tmp_path / "gen")
+    student = build_model(run)
+    deltas = [(a - b).abs().max().item() for a, b in zip(student.state_dict().values(), base.state_dict().values())]
+    assert max(deltas) > 0  # the adapters were merged
+    result = run_task(run)
+    assert (tmp_path / "gen" / "video.mp4").exists() and result

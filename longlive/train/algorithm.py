@@ -57,6 +57,11 @@ class TrainingContext:
         """This rank's next batch (DataStream order): "latents", "context", "seeds"."""
         return self.encoder(self.dataset, *self.stream.next())
 
+    def next_prompts(self, *, first_frame: bool = False) -> dict:
+        """This rank's next batch as text only (BatchEncoder.encode_prompts): "context", "seeds"
+        and, with `first_frame`, the first latent frame "image" (I2V)."""
+        return self.encoder.encode_prompts(self.dataset, *self.stream.next(), first_frame=first_frame)
+
 
 @attrs.define(kw_only=True, eq=False)
 class Network:

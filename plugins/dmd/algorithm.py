@@ -6,8 +6,9 @@ role's format: e.g. a frozen NVFP4 teacher and NVFP4 bases under BF16 LoRA for t
 - "teacher": the real score, frozen, from plugins.dmd.teacher (default train.init_from);
 - "critic": the fake score, from plugins.dmd.critic_from (default train.init_from), always LoRA.
 
-One training step (0-based s) takes one batch from the data stream (its per-chunk captions are
-the prompts; with i2v its first latent frame is the image):
+One training step (0-based s) takes one batch of captions from the data stream (per-chunk
+prompts; with i2v also the latent of each video's first frame, the image; no other frame is
+encoded):
 1. if s % generator_every == 0, generator update: roll out a video with the inference chunk loop
    and sampler (longlive.pipeline.rollout: random exit step, gradients only at that step and
    only in the chunks that carry the loss), the DMD loss of plugins/dmd/loss.py against the
@@ -116,17 +117,23 @@ class DMDAlgorithm:
     # ---- one step ----------------------------------------------------------------------------
 
     def train_step(self, step: int) -> tuple[dict[str, torch.Tensor], int]:
-        batch = self.context.next_batch()
+        batch = self.context.next_prompts(first_frame=self.config.i2v)
         metrics: dict[str, torch.Tensor] = {}
         if step % self.config.generator_every == 0:
             metrics.update(self._generator_update(step, batch))
         metrics.update(self._critic_update(step, batch))
-        latents = batch["latents"]
+        latents = self._latent_shape(batch)
         pt, ph, pw = self.generator.model.config.patch
-        f, h, w = latents.shape[2:]
-        updates = 2 if step % self.config.generator_every == 0 else 1
-        tokens = updates * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.context.info.world_size
+        f, h, w = latents[2:]
+        updates = 2 if step % self.config.generator_every == 0 else 1  # rollouts: generated video tokens
+        tokens = updates * (f // pt) * (h // ph) * (w // pw) * latents[0] * self.context.info.world_size
         return metrics, tokens
+
+    def _latent_shape(self, batch: dict) -> tuple[int, ...]:
+        """[B, C, F, h, w] of the rollout (train.num_frames latent frames)."""
+        run = self.context.run
+        return tuple(run.geometry.latent_shape(self.context.config.num_frames, run.codec_spec.latent_channels,
+                                               batch["context"].shape[0]))
 
     def _contexts(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -191,17 +198,17 @@ class DMDAlgorithm:
 
     def _rollout(self, batch: dict, plan: RolloutPlan, *, grad: bool, salt: int) -> torch.Tensor:
         """The student's video [B, C, F, H, W] for the batch's per-chunk prompts (and image, with i2v)."""
-        run, latents, context = self.context.run, batch["latents"], batch["context"]
+        run, context = self.context.run, batch["context"]
         if context.shape[1] != self.chunks:
             raise ConfigError(f"plugins.dmd: the batch has {context.shape[1]} captions per sample for {self.chunks} "
                               f"chunks; the dataset must give one caption per chunk of train.num_frames")
-        image = latents[:, :, :1] if self.config.i2v else None
+        shape = self._latent_shape(batch)
         loop = new_chunk_loop(run, model=self.generator.model, sampler=self.sampler, text=self.context.text,
-                              geometry=run.geometry, batch=latents.shape[0], image_latent=image, guidance=1.0)
-        noise = torch.empty_like(latents, dtype=torch.float32)
+                              geometry=run.geometry, batch=shape[0], image_latent=batch.get("image"), guidance=1.0)
+        noise = torch.empty(shape, dtype=torch.float32, device=run.device)
         for b, seed in enumerate(derived_seeds(batch["seeds"], salt)):
             self.draws.manual_seed(seed)
-            noise[b] = torch.randn(latents.shape[1:], generator=self.draws, device=latents.device)
+            noise[b] = torch.randn(shape[1:], generator=self.draws, device=run.device)
         chunks = list(noise.split(self.frames_per_chunk, dim=2))
         contexts = [context[:, i] for i in range(self.chunks)]
         with torch.set_grad_enabled(grad):

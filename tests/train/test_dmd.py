@@ -71,7 +71,7 @@ def test_dmd_gradient_equals_the_formula(toy_shards, start, i2v):
     computed here from the critic and the guided teacher called directly."""
     trainer = _trainer(_table(toy_shards, start, real_guidance=3.0, i2v=i2v))
     dmd = trainer.algorithm
-    batch = trainer.context.next_batch()
+    batch = trainer.context.next_prompts(first_frame=i2v)
     video = dmd._rollout(batch, dmd._plan(0, 0), grad=True, salt=1)
     params = dmd.generator.params
     loss, _ = dmd._dmd(video, batch)
@@ -92,8 +92,8 @@ def test_dmd_gradient_equals_the_formula(toy_shards, start, i2v):
     weight = torch.ones(video.shape[0], 1, f, 1, 1, dtype=torch.float64)
     if i2v:
         weight[:, :, 0] = 0
-        assert keep is not None and not keep[:, 0].any() and torch.equal(x_t[:, :, 0], batch["latents"][:, :, 0])
-        assert torch.equal(video[:, :, 0], batch["latents"][:, :, 0])  # the rollout clamps the image frame
+        assert keep is not None and not keep[:, 0].any() and torch.equal(x_t[:, :, 0], batch["image"][:, :, 0])
+        assert torch.equal(video[:, :, 0], batch["image"][:, :, 0])  # the rollout clamps the image frame
     n = (weight.expand(video.shape[0], video.shape[1], f, video.shape[3], video.shape[4])).sum()
     expected = torch.autograd.grad((video.double() * (g * weight)).sum() / n, params)
     assert any(e.abs().sum() > 0 for e in expected)

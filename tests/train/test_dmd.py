@@ -155,7 +155,7 @@ def test_resume_with_three_networks_is_exact(toy_shards, start, tmp_path):
     assert math.isfinite(result["loss"])
 
 
-def test_exported_student_loads_through_model_lora_and_generates(toy_shards, start, tmp_path):
+def test_exported_student_loads_through_model_lora_and_generates(toy_shards, start, tmp_path, caplog):
     _train(_table(toy_shards, start), tmp_path / "run")
     export = tmp_path / "run" / "student.safetensors"
     with safe_open(str(export), "pt") as f:
@@ -166,6 +166,7 @@ def test_exported_student_loads_through_model_lora_and_generates(toy_shards, sta
     from longlive.assembly import build_model
     from longlive.run import run_task
 
+    caplog.set_level("INFO", logger="longlive.lora")
     table = toy_table(toy_shards)
     table["run"]["task"] = "generate"
     table["model"]["checkpoint"] = start
@@ -181,3 +182,31 @@ def test_exported_student_loads_through_model_lora_and_generates(toy_shards, sta
     assert max(deltas) > 0  # the adapters were merged
     result = run_task(run)
     assert (tmp_path / "gen" / "video.mp4").exists() and result
+    assert "a 2-step student" in caplog.text
+    table["sampler"]["steps"] = 4
+    caplog.clear()
+    build_model(make_toy_run(table, None))
+    assert "was distilled for 2 sampler steps (unipc); sampler.steps is 4" in caplog.text
+
+
+def test_each_role_takes_its_quantization_format(toy_shards, start):
+    """[quant] per role: NVFP4 (emulated) bases under trained adapters for generator and critic,
+    a frozen NVFP4 teacher; two steps run and stay finite."""
+    from longlive.lora import LoRALinear
+
+    table = _table(toy_shards, start)
+    table["run"]["plugins"].append("quant_4o6")
+    table["quant"] = {"generator": "fouroversix", "teacher": "fouroversix", "critic": "fouroversix",
+                      "mode": "emulate"}
+    trainer = _trainer(table)
+    dmd = trainer.algorithm
+    for net in (dmd.generator.model, dmd.critic.model):
+        layer = net.blocks[0].ffn[0]
+        assert isinstance(layer, LoRALinear) and type(layer.base).__name__ == "NVFP4Linear"
+    assert type(dmd.teacher.blocks[0].ffn[0]).__name__ == "NVFP4Linear"
+    assert not any(p.requires_grad for p in dmd.teacher.parameters())
+    assert {r: trainer.run.quant[r]["format"] for r in ("generator", "teacher", "critic")} == dict.fromkeys(
+        ("generator", "teacher", "critic"), "fouroversix")
+    for step in range(2):
+        metrics, _ = dmd.train_step(step)
+        assert all(torch.isfinite(v) for v in metrics.values())

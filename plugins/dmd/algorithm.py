@@ -35,7 +35,7 @@ from longlive.assembly import build_model, build_sampler, new_chunk_loop
 from longlive.errors import ConfigError
 from longlive.lora import attach, has_adapters
 from longlive.model.attention import block_causal_mask
-from longlive.pipeline import RolloutPlan, rollout
+from longlive.pipeline import ChunkLoop, RolloutPlan, rollout
 from longlive.quant.format import forward_context, refresh_model
 from longlive.sampling import FlowMatching
 from longlive.train.algorithm import Network, TrainingContext
@@ -94,6 +94,7 @@ class DMDAlgorithm:
         self.autocast = run.device.type == "cuda" and run.dtype == torch.bfloat16
         self.draws = torch.Generator(device=run.device)
         self._uncond: torch.Tensor | None = None  # the negative prompt's text context [L, D]
+        self._rollout_loop: ChunkLoop | None = None
         log.info("dmd: generator %s, critic LoRA, teacher frozen (%s); %d-step %s rollouts of %d chunks, loss "
                  "from chunk %d; generator every %d steps, guidance %g", "LoRA" if self.generator.adapters
                  else "full", teacher, len(self.sampler.timesteps), type(self.sampler).__name__, self.chunks,
@@ -203,8 +204,7 @@ class DMDAlgorithm:
             raise ConfigError(f"plugins.dmd: the batch has {context.shape[1]} captions per sample for {self.chunks} "
                               f"chunks; the dataset must give one caption per chunk of train.num_frames")
         shape = self._latent_shape(batch)
-        loop = new_chunk_loop(run, model=self.generator.model, sampler=self.sampler, text=self.context.text,
-                              geometry=run.geometry, batch=shape[0], image_latent=batch.get("image"), guidance=1.0)
+        loop = self._loop(shape[0], batch.get("image"))
         noise = torch.empty(shape, dtype=torch.float32, device=run.device)
         for b, seed in enumerate(derived_seeds(batch["seeds"], salt)):
             self.draws.manual_seed(seed)
@@ -213,6 +213,18 @@ class DMDAlgorithm:
         contexts = [context[:, i] for i in range(self.chunks)]
         with torch.set_grad_enabled(grad):
             return rollout(loop, chunks, contexts, plan, grad=grad).float()
+
+    def _loop(self, batch: int, image: torch.Tensor | None) -> ChunkLoop:
+        """The rollout's chunk loop: built once (its KV cache allocated once), reset per rollout."""
+        if self._rollout_loop is None or self._rollout_loop.state.batch != batch:
+            run = self.context.run
+            self._rollout_loop = new_chunk_loop(run, model=self.generator.model, sampler=self.sampler,
+                                                text=self.context.text, geometry=run.geometry, batch=batch,
+                                                guidance=1.0)
+        state = self._rollout_loop.state
+        state.cache.reset()
+        state.image_latent, state.chunk_index, state.prompt = image, 0, None
+        return self._rollout_loop
 
     def _clean_frames(self, video: torch.Tensor) -> torch.Tensor:
         """[B, F] bool: the I2V image frame (frame 0) is given clean and carries no loss."""

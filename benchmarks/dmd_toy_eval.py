@@ -5,7 +5,7 @@ experiments/toy/eval_ar.toml) from the same noise; per variant: the ToyBench mea
 and the relative L2 distance of its latents from the undistilled model's latents at the same
 step count (0 for the undistilled model itself: how far distillation moved the sampler's output).
 
-    python benchmarks/dmd_toy_eval.py --clips 8 --frames 32 \
+    python benchmarks/dmd_toy_eval.py --clips 8 --frames 32 --device cpu \
         --student 2=runs/toy_dmd_2step/student_lora.safetensors --out dmd_toy_eval.json
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def evaluate(experiment: Path, steps: int, lora: str | None, clips: int, frames: int) -> dict:
+def evaluate(experiment: Path, steps: int, lora: str | None, clips: int, frames: int, device: str) -> dict:
     from longlive.assembly import build_parts, render
     from longlive.config import load_experiment
     from longlive.prompts import chunk_prompts, pixel_schedule
@@ -30,7 +30,7 @@ def evaluate(experiment: Path, steps: int, lora: str | None, clips: int, frames:
     from longlive_plugins.toyworld.shards import clip_seed
     from longlive_plugins.toyworld.toybench import score_video
 
-    sets = [f"sampler.steps={steps}", f"sampler.num_frames={frames}", f"plugins.toyworld.eval_clips={clips}"]
+    sets = [f'run.device="{device}"', f"sampler.steps={steps}", f"sampler.num_frames={frames}", f"plugins.toyworld.eval_clips={clips}"]
     if lora is not None:
         sets.append(f'model.lora="{Path(lora).resolve()}"')
     run = make_run(load_experiment(experiment, sets), create_dir=False)
@@ -46,7 +46,7 @@ def evaluate(experiment: Path, steps: int, lora: str | None, clips: int, frames:
         prompts = pixel_schedule(out.chunks, frames_per_chunk=s.frames_per_chunk, temporal_stride=config.temporal_factor)
         scores.append(score_video(out.video[0], fps=config.fps, schedule=prompts,
                                   segment_s=config.segment_s).to_dict()["overall"])
-        latents.append(out.latents.float())
+        latents.append(out.latents.float().cpu())
     mean = {m: sum(c[m] for c in scores if c[m] is not None) / max(1, sum(c[m] is not None for c in scores))
             for m in METRICS}
     return {"steps": steps, "lora": lora, "mean": mean, "latents": latents}
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--steps", default="8,4,2", help="undistilled model's step counts")
     parser.add_argument("--student", action="append", default=[], help="STEPS=PATH of a student LoRA")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -67,7 +68,7 @@ def main() -> None:
     rows, base = [], {}
     for steps, lora in variants:
         started = time.perf_counter()
-        result = evaluate(Path(args.experiment), steps, lora, args.clips, args.frames)
+        result = evaluate(Path(args.experiment), steps, lora, args.clips, args.frames, args.device)
         if lora is None:
             base[steps] = result["latents"]
         ref = base.get(steps)

@@ -210,3 +210,23 @@ def test_each_role_takes_its_quantization_format(toy_shards, start):
     for step in range(2):
         metrics, _ = dmd.train_step(step)
         assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_full_generator_with_a_lora_critic(toy_shards, start):
+    """train.lora_rank = 0: the whole generator trains (full state in checkpoints), the critic keeps
+    adapters of plugins.dmd.critic_lora_rank; without that rank the run is refused."""
+    from longlive.errors import ConfigError
+
+    table = _table(toy_shards, start, critic_lora_rank=2)
+    table["train"]["lora_rank"] = 0
+    trainer = _trainer(table)
+    dmd = trainer.algorithm
+    assert not dmd.generator.adapters and dmd.critic.adapters
+    assert len(dmd.generator.params) == len(list(dmd.generator.model.parameters()))
+    metrics, _ = dmd.train_step(0)
+    assert "generator/loss" in metrics and torch.isfinite(metrics["generator/grad_norm"])
+    state = dmd.state_dict()["networks"]
+    assert not any(".lora_" in k for k in state["generator"]["model"]) and all(".lora_" in k for k in state["critic"]["model"])
+    del table["plugins"]["dmd"]["critic_lora_rank"]
+    with pytest.raises(ConfigError, match="critic_lora_rank"):
+        _trainer(table)

@@ -27,7 +27,9 @@ import attrs
 import torch
 from torch import nn
 
+from longlive.assembly import build_model
 from longlive.lora import adapter_state_dict, has_adapters, load_adapters, save_adapters
+from longlive.quant.format import cast_model
 
 if TYPE_CHECKING:
     from longlive.distributed import DistInfo
@@ -184,3 +186,19 @@ class TrainingAlgorithm(Protocol):
 
     def export(self, path: Any, step: int) -> None:
         """Write the trained result to `path` (rank 0 only; the trainer checks finiteness first)."""
+
+
+def trained_model(context: TrainingContext, role: str, *, checkpoint: str | None, where: str) -> nn.Module:
+    """Build `role` for training: FP32 master weights, the frozen base quantized and BF16/FP32
+    adapters attached when train.lora_rank > 0 (longlive/assembly.py), in train mode."""
+    return cast_model(build_model(context.run, role=role, training=True, checkpoint=checkpoint, where=where,
+                                  dtype=torch.float32), torch.float32).train()
+
+
+def trained_network(context: TrainingContext, name: str, role: str, *, lr: float, checkpoint: str | None,
+                    where: str, ema: bool) -> Network:
+    """`trained_model` as a Network with [train]'s AdamW, warmup and (when `ema`) EMA."""
+    cfg = context.config
+    model = trained_model(context, role, checkpoint=checkpoint, where=where)
+    return Network.create(name, model, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                          warmup_steps=cfg.warmup_steps, ema=(cfg.ema_decay, cfg.ema_start) if ema else None)

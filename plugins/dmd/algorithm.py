@@ -38,10 +38,9 @@ from longlive.model.attention import block_causal_mask
 from longlive.pipeline import ChunkLoop, RolloutPlan, rollout
 from longlive.quant.format import forward_context, refresh_model
 from longlive.sampling import FlowMatching
-from longlive.train.algorithm import Network, TrainingContext
+from longlive.train.algorithm import Network, TrainingContext, trained_model
 from longlive.train.config import resolve_path
 from longlive.train.objective import FlowMatchingObjective
-from longlive.train.teacher_forcing import trained_model
 from longlive_plugins.dmd.loss import dmd_gradient, dmd_loss, draw_sigmas, guided_real
 
 if TYPE_CHECKING:

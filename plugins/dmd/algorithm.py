@@ -240,7 +240,8 @@ class DMDAlgorithm:
         return dmd_loss(video, grad, keep), grad.abs().mean().detach().float()
 
     def dmd_inputs(self, x: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The noisy video x_t, its noise levels sigma [B, F] and the loss frames [B, F] (None: all),
+        """The noisy video x_t, its noise levels sigma [B, F] and the loss frames [B, F] (None: all;
+        not the I2V image frame, not the frames before plugins.dmd.loss_frames),
         drawn from the samples' seeds (one level per video for T2V, per chunk for I2V, as LongLive)."""
         config = self.config
         generators = []
@@ -257,6 +258,9 @@ class DMDAlgorithm:
             clean = self._clean_frames(x)
             sigma = torch.where(clean, torch.zeros_like(sigma), sigma)  # x_t keeps the image frame
             keep = ~clean
+        if self.loss_from_chunk:  # loss_frames: only the last frames carry the loss (they alone have gradients)
+            late = torch.arange(x.shape[2], device=x.device) >= self.loss_from_chunk * self.frames_per_chunk
+            keep = late.expand(x.shape[0], -1) if keep is None else keep & late
         return FlowMatching.add_noise(x, noise, sigma), sigma, keep
 
     def score_x0(self, x_t: torch.Tensor, sigma: torch.Tensor,

@@ -230,3 +230,17 @@ def test_full_generator_with_a_lora_critic(toy_shards, start):
     del table["plugins"]["dmd"]["critic_lora_rank"]
     with pytest.raises(ConfigError, match="critic_lora_rank"):
         _trainer(table)
+
+
+def test_loss_frames_limit_gradients_and_loss(toy_shards, start):
+    """loss_frames = the last chunk: earlier chunks have no graph and no loss."""
+    trainer = _trainer(_table(toy_shards, start, loss_frames=2))
+    dmd = trainer.algorithm
+    assert dmd.loss_from_chunk == 1
+    batch = trainer.context.next_prompts()
+    video = dmd._rollout(batch, dmd._plan(0, 0), grad=True, salt=1)
+    _, _, keep = dmd.dmd_inputs(video.detach(), batch)
+    assert keep.tolist() == [[False, False, True, True]]
+    loss, _ = dmd._dmd(video, batch)
+    (grad_video,) = torch.autograd.grad(loss, video)
+    assert torch.all(grad_video[:, :, :2] == 0) and grad_video[:, :, 2:].abs().sum() > 0

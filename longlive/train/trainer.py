@@ -181,7 +181,7 @@ class Trainer:
         self.history.append((self.step, loss))
         if self.info.is_main:
             self.run.log(self.step, scalars)
-            log.debug("step %d: %s", self.step, ", ".join(f"{k} {v:.5f}" for k, v in averaged.items()))
+            log.debug("step %d: %s", self.step, ", ".join(f"{k} {v:.5f}" for k, v in averaged.items() if counts.get(k)))
 
     # ---- checkpoints, evaluation, export ----------------------------------------------------
 

@@ -94,6 +94,17 @@ class Network:
         return cls(name=name, model=model, optimizer=optimizer, lr=lr, warmup_steps=warmup_steps, ema=shadow,
                    params=params, adapters=adapters)
 
+    def broadcast_from_rank0(self) -> None:
+        """Give every rank rank 0's trainable parameters (fresh adapters are drawn from per-rank RNGs);
+        an algorithm without DDP calls it once after building, under torch.distributed."""
+        from longlive.train.ema import EMA
+
+        with torch.no_grad():
+            for p in self.params:
+                torch.distributed.broadcast(p.data, src=0)
+        if self.ema is not None:  # the shadow starts from the broadcast weights
+            self.ema = EMA(self.model, decay=self.ema.decay, start=self.ema.start)
+
     def lr_at(self, step: int) -> float:
         """Linear warmup over warmup_steps, then constant; `step` is 0-based."""
         warmup = self.warmup_steps

@@ -80,6 +80,9 @@ class DMDAlgorithm:
         critic = self._path(config.critic_from, "plugins.dmd.critic_from") or init
         self.critic = self._network("critic", critic, "plugins.dmd.critic_from", lr=config.critic_lr)
         self.networks = {"generator": self.generator, "critic": self.critic}
+        if context.info.distributed:  # one start on every rank (adapters are drawn from per-rank seeds)
+            for net in self.networks.values():
+                net.broadcast_from_rank0()
         self.sampler = build_sampler(run)
         s = run.experiment.sampler
         self.frames_per_chunk, self.window_frames = s.frames_per_chunk, s.window_frames

@@ -31,6 +31,16 @@ def toy_table(data: str, **train) -> dict:
     }
 
 
+def dmd_table(data: str, start: str, *, steps: int, batch_size: int = 1, **dmd) -> dict:
+    """A DMD experiment over `toy_table`: LoRA rank 4 from `start`, 2-step UniPC rollouts, generator every 2nd step."""
+    table = toy_table(data, steps=steps, lora_rank=4, init_from=start, save_every=2, batch_size=batch_size,
+                      export="student.safetensors")
+    table["run"]["plugins"] = ["toyworld", "dmd"]
+    table["sampler"]["name"] = "unipc"
+    table["plugins"]["dmd"] = {"generator_every": 2, "generator_lr": 1e-3, "critic_lr": 1e-3, **dmd}
+    return table
+
+
 def make_toy_run(table: dict, run_dir: Path | None, *extra_plugins):
     """A CPU RunContext of `table`; `extra_plugins` (objects with hookimpls) are registered too."""
     from longlive.config import experiment_from_table

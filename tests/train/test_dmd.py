@@ -273,3 +273,20 @@ def test_two_rank_dmd_matches_one_process(toy_shards, start, tmp_path):
     for a, b in zip(ddp["losses"], single["losses"]):
         assert abs(a - b) <= 1e-4 * abs(b), (ddp["losses"], single["losses"])
     assert torch.allclose(torch.tensor(ddp["params"]), params, atol=1e-5, rtol=1e-4)
+
+
+def test_ema_per_network(toy_shards, start, tmp_path):
+    """plugins.dmd.ema = ["generator"]: the generator keeps an EMA (checkpointed, exported), the critic none."""
+    table = _table(toy_shards, start, ema=["generator"])
+    table["train"].update(steps=2, ema_decay=0.5)
+    run = make_toy_run(table, tmp_path / "run")
+    result = run_training(run)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert "ema" in state["networks"]["generator"] and "ema" not in state["networks"]["critic"]
+    assert set(state["networks"]["generator"]["ema"]["shadow"]) == set(state["networks"]["generator"]["model"])
+    with safe_open(str(tmp_path / "run" / "student.safetensors"), "pt") as f:
+        assert f.metadata()["weights"] == "ema"
+        exported = {k: f.get_tensor(k) for k in f.keys()}
+    for key, value in state["networks"]["generator"]["ema"]["shadow"].items():
+        assert torch.equal(exported[key], value), key
+    assert result["steps"] == 2

@@ -64,6 +64,8 @@ class CorePlugin:
                      summary="x0-predict / re-noise few-step sampler")
         registry.add("dataset", "shards", Lazy("longlive.train.data:ShardClipDataset.from_config"),
                      summary="webdataset shards: video + per-chunk captions (docs in longlive/train/data.py)")
+        registry.add("dataset", "prompts", Lazy("longlive.train.prompt_data:PromptDataset.from_config"),
+                     summary="captions only: prompt lines (.txt) and prompt scripts (.toml), for DMD T2V")
         registry.add("task", "generate", Lazy("longlive.generate:generate_video"),
                      summary="chunk-by-chunk AR generation to mp4")
         registry.add("task", "bench", Lazy("longlive.bench:run_benchmark"),

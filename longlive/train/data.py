@@ -375,6 +375,9 @@ class BatchEncoder:
             context = self._drop_captions(context, seeds)
         out = {"context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}
         if first_frame:
+            if any("video" not in it for it in items):
+                raise ConfigError("the first frame (I2V) needs videos; this dataset has captions only "
+                                  "(train.dataset = \"prompts\"): use video shards")
             video = torch.stack([video_to_float(it["video"])[:, :1] for it in items])  # [B, 3, 1, H, W]
             out["image"] = self.codec.encode(video.to(self.device, self.dtype)).float()
         return out

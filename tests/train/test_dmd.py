@@ -290,3 +290,21 @@ def test_ema_per_network(toy_shards, start, tmp_path):
     for key, value in state["networks"]["generator"]["ema"]["shadow"].items():
         assert torch.equal(exported[key], value), key
     assert result["steps"] == 2
+
+
+def test_prompt_dataset_drives_dmd_without_videos(start, tmp_path):
+    """train.dataset = "prompts": prompt lines and a two-shot prompt script; the rollout sees a cut."""
+    from longlive.train.prompt_data import PromptDataset
+
+    (tmp_path / "lines.txt").write_text("# a comment\na red circle moves left\n\na blue square moves up\n")
+    (tmp_path / "two_shots.toml").write_text('[[shot]]\nprompt = "a red circle"\nframes = 2\n'
+                                             '[[shot]]\nprompt = "a green square"\nframes = 2\n')
+    table = dmd_table(str(tmp_path / "{lines.txt,two_shots.toml}"), start, steps=2)
+    table["train"]["dataset"] = "prompts"
+    trainer = _trainer(table, tmp_path / "run")
+    dataset = trainer.dataset.dataset  # inside SkippingDataset
+    assert isinstance(dataset, PromptDataset)
+    assert dataset.samples == [["a red circle moves left"] * 2, ["a blue square moves up"] * 2,
+                               ["a red circle", "a green square"]]
+    result = trainer.fit()
+    assert result["steps"] == 2 and math.isfinite(result["loss"])

@@ -17,7 +17,7 @@ from longlive.sampling import FlowMatching
 from longlive.train.objective import FlowMatchingObjective
 from longlive.train.trainer import Trainer, run_training
 from longlive.registry import hookimpl
-from toy_setup import dmd_table, make_toy_run, toy_table
+from toy_setup import dmd_table, make_toy_run, toy_table, torchrun
 
 STEPS = 6
 
@@ -244,26 +244,11 @@ def test_loss_frames_limit_gradients_and_loss(toy_shards, start):
 def test_two_rank_dmd_matches_one_process(toy_shards, start, tmp_path):
     """2 gloo ranks x 1 sample = 1 process x 2 samples: gradients averaged over ranks, replicas identical."""
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
     from pathlib import Path
 
     here, out, steps = Path(__file__).parent, tmp_path / "ddp.json", 3
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(here / "dmd_ddp_worker.py"), toy_shards, start, str(out), str(steps)]
-    proc = subprocess.Popen(cmd, cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # killed whole on a timeout: no orphaned ranks
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    code, stderr = torchrun(here / "dmd_ddp_worker.py", toy_shards, start, str(out), str(steps))
+    assert code == 0, stderr[-3000:]
     ddp = json.loads(out.read_text())
     assert ddp["world_size"] == 2 and ddp["max_param_diff"] == 0.0
     trainer = _trainer(dmd_table(toy_shards, start, steps=steps, batch_size=2))

@@ -158,11 +158,13 @@ def build_parts(run: RunContext, model: WanDiT | None = None) -> Parts:
 # ---- cache, loop, decoder ----------------------------------------------------------------
 
 
-def build_cache(run: RunContext, model: WanDiT, geometry: Geometry, batch: int) -> KVCache:
+def build_cache(run: RunContext, model: WanDiT, geometry: Geometry, batch: int,
+                guidance: float | None = None) -> KVCache:
     """A KV cache for `batch` videos (doubled under CFG) from the storage and policy hooks, in the
     run's sequence layout (which sets the heads each rank holds)."""
     s = run.experiment.sampler
-    cfg_batch = batch * (2 if s.guidance != 1.0 else 1)  # the CFG cache exists only when guidance is on
+    guidance = s.guidance if guidance is None else guidance
+    cfg_batch = batch * (2 if guidance != 1.0 else 1)  # the CFG cache exists only when guidance is on
     spec = CacheSpec.for_model(model.config, geometry, window_frames=s.window_frames, batch=cfg_batch,
                                dtype=run.dtype, device=run.device, layout=run.layout)
     storage = run.hook.longlive_make_kv_storage(spec=spec, run=run)
@@ -175,11 +177,14 @@ def build_cache(run: RunContext, model: WanDiT, geometry: Geometry, batch: int) 
 
 
 def new_chunk_loop(run: RunContext, *, model: WanDiT, sampler: Sampler, text: TextEncoder, geometry: Geometry,
-                   batch: int = 1, image_latent: torch.Tensor | None = None) -> ChunkLoop:
-    """A chunk loop over a fresh GenerationState (new KV cache) with the experiment's guidance."""
+                   batch: int = 1, image_latent: torch.Tensor | None = None,
+                   guidance: float | None = None) -> ChunkLoop:
+    """A chunk loop over a fresh GenerationState (new KV cache) with the experiment's guidance
+    (or `guidance`: a training rollout runs the student at 1)."""
     s = run.experiment.sampler
-    state = GenerationState(model=model, cache=build_cache(run, model, geometry, batch), sampler=sampler,
-                            encode_text=text.encode, batch=batch, guidance=s.guidance,
+    guidance = s.guidance if guidance is None else guidance
+    state = GenerationState(model=model, cache=build_cache(run, model, geometry, batch, guidance=guidance),
+                            sampler=sampler, encode_text=text.encode, batch=batch, guidance=guidance,
                             negative_prompt=s.negative_prompt, image_latent=image_latent)
     return ChunkLoop(state, run.hook, run)
 

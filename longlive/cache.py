@@ -309,8 +309,21 @@ class ChunkKV:
         would specialise (and recompile) a compiled block per layer and per chunk, and in-place
         writes into a cache-sized graph input risk a functionalised copy of the whole buffer.
         Storages may run their own kernels here (NVFP4 quantize-on-write).
+
+        A forward that carries gradients (a training rollout's exit step: grad mode on and k or v
+        requiring grad) stores detached K/V as usual, but attends to the live k, v for its own
+        chunk and to a copy (torch.cat) of the other visible slots: gradients reach this chunk's K/V, and
+        later writes into the cache cannot invalidate the tensors autograd saved.
         """
-        return self.cache.storage.attend(layer, self.plan, k, v, keep=self.keep)
+        if not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)):
+            return self.cache.storage.attend(layer, self.plan, k, v, keep=self.keep)
+        self.cache.storage.attend(layer, self.plan, k.detach(), v.detach(), keep=self.keep)
+        others = tuple(s for s in self.plan.visible_slots if s != self.plan.working_slot)
+        if not others:
+            return k, v
+        k_old, v_old = self.cache.storage.read(layer, others)  # [B, n*T, H, D]
+        return (torch.cat([k_old.to(k.dtype), k], dim=1),
+                torch.cat([v_old.to(v.dtype), v], dim=1))
 
 
 class KVCache:

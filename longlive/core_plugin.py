@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from longlive.quant.apply import QuantReport
     from longlive.protocols import Codec, Decoder, Objective
     from longlive.run import RunContext
+    from longlive.train.algorithm import TrainingAlgorithm, TrainingContext
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class CorePlugin:
                      summary="x0-predict / re-noise few-step sampler")
         registry.add("dataset", "shards", Lazy("longlive.train.data:ShardClipDataset.from_config"),
                      summary="webdataset shards: video + per-chunk captions (docs in longlive/train/data.py)")
+        registry.add("dataset", "prompts", Lazy("longlive.train.prompt_data:PromptDataset.from_config"),
+                     summary="captions only: prompt lines (.txt) and prompt scripts (.toml), for DMD T2V")
         registry.add("task", "generate", Lazy("longlive.generate:generate_video"),
                      summary="chunk-by-chunk AR generation to mp4")
         registry.add("task", "bench", Lazy("longlive.bench:run_benchmark"),
@@ -140,6 +143,12 @@ class CorePlugin:
         from longlive.decode import SyncDecoder
 
         return SyncDecoder(codec)
+
+    @hookimpl(trylast=True)
+    def longlive_make_training_algorithm(self, context: TrainingContext) -> TrainingAlgorithm:
+        from longlive.train.teacher_forcing import TeacherForcing
+
+        return TeacherForcing(context)
 
     @hookimpl(trylast=True)
     def longlive_make_objective(self, run: RunContext) -> Objective:

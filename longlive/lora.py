@@ -223,6 +223,19 @@ def _metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def check_student_steps(path: str | os.PathLike, steps: Any) -> None:
+    """A distilled student records its sampler step count ("sampler_steps", plugins/dmd): warn when
+    sampler.steps differs (a 2-step student run at 4 steps, say)."""
+    recorded = _metadata(path).get("sampler_steps")
+    if recorded is None:
+        return
+    if str(steps) != recorded:
+        log.warning("model.lora: %s was distilled for %s sampler steps (%s); sampler.steps is %s",
+                    os.fspath(path), recorded, _metadata(path).get("sampler", "?"), steps)
+    else:
+        log.info("model.lora: a %s-step student", recorded)
+
+
 # ---- the core's longlive_load_adapters -------------------------------------------------------
 
 
@@ -235,6 +248,7 @@ def adapters_for_role(model: nn.Module, *, role: str, training: bool, run: Any) 
             state, r, alpha = read_adapters(path, role=role)
             n = merge_adapters(model, state, rank=r, alpha=alpha)
             log.info("LoRA %s: merged %d adapters (rank %d, alpha %g) from %s", role, n, r, alpha, path)
+            check_student_steps(path, run.experiment.sampler.steps)
         return
     if rank == 0:
         if path is not None:

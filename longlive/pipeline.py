@@ -11,10 +11,20 @@ The caller hands the returned latents to a decoder (longlive/assembly.py: `rende
 
 Generation, evaluation during training and the DMD rollout use the same loop, and the same
 sampler objects. The model never mutates the cache's visible state: only `commit` does.
+
+Rollout control (training: DMD's backward simulation, LongLive 2.0 §6.5). `rollout` generates
+a whole video chunk by chunk with the inference sampler, per-sample prompts ([B, L, D] text per
+chunk) and shot cuts (shot-start events where the caption changes). Each chunk stops at an exit
+step e (0-based, drawn by `RolloutPlan.draw` from (run seed, training step): the same on every
+rank without communication): steps 0..e-1 run without gradients, step e runs with gradients
+only when the chunk carries loss (chunk >= `loss_from_chunk`), and the chunk's output is that
+step's x0 estimate (UniPC's data prediction). The clean context pass at t=0 that commits the
+chunk to the cache always runs without gradients, as in inference.
 """
 from __future__ import annotations
 
 import logging
+import random
 from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
@@ -128,6 +138,35 @@ class ChunkLoop:
         state.model.forward_chunk(self._cfg_batch(x), self._cfg_batch(t), context, text_embedded=True, kv=kv)
         state.cache.commit(kv)
 
+    def rollout_chunk(self, index: int, noise: torch.Tensor, context: torch.Tensor, *, exit_step: int,
+                      grad: bool, shot_start: bool = False, shot_index: int = 0) -> torch.Tensor:
+        """One chunk of a training rollout (module docstring): `context` [B, L, D] text-encoder output
+        (one prompt per sample), stop at `exit_step`; returns that step's x0 [B, C, f, H, W]."""
+        state, hook, run = self.state, self.hook, self.run
+        if state.cfg:
+            raise ValueError("a training rollout runs the student without classifier-free guidance (guidance 1)")
+        steps = len(state.sampler.timesteps)
+        if not 0 <= exit_step < steps:
+            raise ValueError(f"exit_step {exit_step} is outside the sampler's {steps} steps")
+        state.chunk_index = index
+        if shot_start:
+            hook.longlive_shot_start(shot_index=shot_index, chunk_index=index, state=state, run=run)
+        kv = state.cache.begin(index)
+        traj = state.sampler.start(noise)
+        with torch.no_grad():
+            embedded = state.model.embed_text(context)
+            for _ in range(exit_step):
+                x, t = self._model_input(traj.sample, traj.timestep)
+                traj.step(self._velocity(x, t, embedded, kv))
+        with torch.set_grad_enabled(grad):
+            live = state.model.embed_text(context) if grad else embedded
+            x, t = self._model_input(traj.sample, traj.timestep)
+            traj.step(self._velocity(x, t, live, kv))
+            x0 = self._impose_image(traj.x0)
+        with torch.no_grad():
+            self.commit(x0.detach(), embedded, kv)
+        return x0
+
     def _model_input(self, x: torch.Tensor, timestep: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents and per-frame timesteps [B, f]; I2V pins frame 0 of chunk 0 to the image at t=0."""
         t = torch.full((x.shape[0], x.shape[2]), float(timestep), device=x.device, dtype=torch.float32)
@@ -151,6 +190,41 @@ class ChunkLoop:
 
     def _cfg_batch(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x]) if self.state.cfg else x
+
+
+@attrs.frozen(kw_only=True)
+class RolloutPlan:
+    """Where a training rollout stops and which chunks carry gradients (module docstring)."""
+
+    exit_steps: tuple[int, ...]  # one per chunk, each in [0, sampler steps)
+    loss_from_chunk: int = 0  # chunks before it run entirely without gradients
+
+    @classmethod
+    def draw(cls, *, steps: int, chunks: int, seed: int, step: int, same_across_chunks: bool = True,
+             loss_from_chunk: int = 0) -> RolloutPlan:
+        """Exit steps drawn uniformly from (seed, training step): identical on every rank and on a resume."""
+        rng = random.Random(seed * 1_000_003 + step)
+        first = rng.randrange(steps)
+        exits = [first] * chunks if same_across_chunks else [rng.randrange(steps) for _ in range(chunks)]
+        return cls(exit_steps=tuple(exits), loss_from_chunk=loss_from_chunk)
+
+
+def rollout(loop: ChunkLoop, noise: list[torch.Tensor], contexts: list[torch.Tensor], plan: RolloutPlan,
+            *, grad: bool = True) -> torch.Tensor:
+    """Generate a video for training: chunk i from noise[i] [B, C, f, H, W] under text contexts[i]
+    [B, L, D] (text-encoder output, one prompt per sample); returns x0 [B, C, F, H, W], with
+    gradients in the chunks >= plan.loss_from_chunk when `grad` (module docstring)."""
+    if len(noise) != len(contexts) or len(noise) != len(plan.exit_steps):
+        raise ValueError(f"rollout: {len(noise)} noise chunks, {len(contexts)} contexts, "
+                         f"{len(plan.exit_steps)} exit steps")
+    out, shot = [], 0
+    for i, (z, ctx) in enumerate(zip(noise, contexts)):
+        cut = i > 0 and not torch.equal(ctx, contexts[i - 1])
+        shot += int(cut)
+        out.append(loop.rollout_chunk(i, z, ctx, exit_step=plan.exit_steps[i],
+                                      grad=grad and i >= plan.loss_from_chunk, shot_start=i == 0 or cut,
+                                      shot_index=shot))
+    return torch.cat(out, dim=2)
 
 
 def chunk_noise(shape: tuple[int, ...], chunk_index: int, seed: int, device: torch.device,

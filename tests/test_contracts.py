@@ -4,7 +4,8 @@ For each installed plugin (entry points: the built-ins, the example plugin, and 
 installed later) and the core, the role hooks it implements are called on a small debug
 experiment, and what they return is held to its protocol: KV storages round-trip K/V, policies
 keep their plan invariants, decoders decode chunks in order to the whole-video decode, and
-objectives return a scalar loss with detached metrics. A new plugin gets these tests for free.
+objectives return a scalar loss with detached metrics, training algorithms step, resume from
+their state exactly and export. A new plugin gets these tests for free.
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def test_every_role_has_a_contract_test():
 
     tested = {"longlive_make_kv_storage", "longlive_make_kv_policy", "longlive_make_decoder",
               "longlive_make_objective", "longlive_next_prompt", "longlive_prompt_prefix",
-              "longlive_make_device_mesh", "longlive_make_sequence_layout"}
+              "longlive_make_device_mesh", "longlive_make_sequence_layout",
+              "longlive_make_training_algorithm"}
     assert set(hookspecs.ROLES) == tested
 
 
@@ -196,3 +198,74 @@ def test_objective_returns_a_loss_and_detached_metrics(provider):
                            for v in metrics.values())
     again, _ = objective(model, batch, torch.Generator())
     assert torch.equal(loss.detach(), again.detach()), "draws come from the seeds, not the generator's state"
+
+
+class _Clips:
+    """An in-memory dataset: random videos in [-1, 1] with one caption per chunk (a cut in odd items)."""
+
+    def __init__(self, run, frames: int, count: int = 4) -> None:
+        s = run.experiment.sampler
+        pixel = 1 + run.codec_spec.temporal_stride * (frames - 1)
+        g = torch.Generator().manual_seed(5)
+        self.items = [{"video": torch.rand(3, pixel, s.height, s.width, generator=g) * 2 - 1, "fps": 8.0,
+                       "prompts": [f"clip {i} shot {int(c > 0 and i % 2)}" for c in range(frames // s.frames_per_chunk)]}
+                      for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _training_context(provider: str):
+    from longlive.assembly import build_codec, build_text_encoder
+    from longlive.distributed import DistInfo
+    from longlive.train.algorithm import TrainingContext
+    from longlive.train.config import train_config
+    from longlive.train.data import BatchEncoder, DataStream, SkippingDataset
+
+    run = _run(provider, mode="teacher_forcing", num_frames=4, batch_size=1, lora_rank=2, lr=1e-3)
+    run.task_config = train_config(run)
+    dataset = SkippingDataset(_Clips(run, frames=4), max_bad=0)
+    codec, text = build_codec(run), build_text_encoder(run)
+    return TrainingContext(run=run, config=run.task_config, info=DistInfo(rank=0, world_size=1, local_rank=0),
+                           dataset=dataset, stream=DataStream(len(dataset), batch_size=1, seed=0),
+                           encoder=BatchEncoder(codec, text, device=run.device, dtype=torch.float32),
+                           codec=codec, text=text)
+
+
+@pytest.mark.parametrize("provider", _providers("longlive_make_training_algorithm"))
+def test_training_algorithm_steps_resumes_and_exports(provider, tmp_path):
+    """Detached 0-d metrics among `logged`; trainable networks only; a second algorithm loaded
+    from the first one's state (and the data position) takes the same next step, bit for bit."""
+    from longlive.train.algorithm import TrainingAlgorithm
+
+    def make():
+        context = _training_context(provider)
+        torch.manual_seed(0)
+        impl = [i for i in context.run.pm.hook.longlive_make_training_algorithm.get_hookimpls()
+                if i.plugin_name == provider][0]
+        return impl.function(context=context), context
+
+    algorithm, context = make()
+    assert isinstance(algorithm, TrainingAlgorithm) and algorithm.loss_key in algorithm.logged
+    assert algorithm.eval_network in algorithm.networks
+    for step in range(2):
+        metrics, tokens = algorithm.train_step(step)
+        assert tokens > 0 and algorithm.loss_key in metrics and set(metrics) <= set(algorithm.logged)
+        assert all(v.ndim == 0 and not v.requires_grad and torch.isfinite(v) for v in metrics.values())
+    for net in algorithm.networks.values():
+        assert net.params and all(p.requires_grad for p in net.params)
+    state = algorithm.state_dict()
+    other, other_context = make()
+    other.load_state_dict(state, where="test")
+    other_context.stream.load_state_dict(context.stream.state_dict())
+    expected, _ = algorithm.train_step(2)
+    got, _ = other.train_step(2)
+    assert {k: v.item() for k, v in got.items()} == {k: v.item() for k, v in expected.items()}
+    for name, net in algorithm.networks.items():
+        for (key, a), (_, b) in zip(net.model.state_dict().items(), other.networks[name].model.state_dict().items()):
+            assert torch.equal(a, b), (name, key)
+    algorithm.export(tmp_path / "export.safetensors", 3)
+    assert (tmp_path / "export.safetensors").stat().st_size > 0

@@ -45,7 +45,8 @@ def test_core_defaults_are_trylast_and_alone():
     pm, components, configs = build_plugin_manager(_experiment())
     assert configs == {}
     defaults = {"longlive_make_kv_storage", "longlive_make_kv_policy", "longlive_make_decoder",
-                "longlive_make_objective", "longlive_make_device_mesh", "longlive_make_sequence_layout"}
+                "longlive_make_objective", "longlive_make_device_mesh", "longlive_make_sequence_layout",
+                "longlive_make_training_algorithm"}
     for hook_name in hookspecs.ROLES:
         impls = getattr(pm.hook, hook_name).get_hookimpls()
         if hook_name in defaults:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from longlive.prompts import ChunkPrompt, NewShot
     from longlive.protocols import Codec, Decoder, Objective
     from longlive.run import RunContext
+    from longlive.train.algorithm import TrainingAlgorithm, TrainingContext
 
 
 # ---- Setup: once per run, before anything is built ---------------------------------------
@@ -277,6 +278,19 @@ def longlive_make_objective(run: RunContext) -> Objective | None:
 
     When: once, when the trainer is built. The core's default: the flow-matching loss (teacher
     forcing or bidirectional) of longlive/train/objective.py.
+    """
+
+
+@hookspec(firstresult=True)
+def longlive_make_training_algorithm(context: TrainingContext) -> TrainingAlgorithm | None:
+    """Role: the training algorithm (`TrainingAlgorithm`, longlive/train/algorithm.py).
+
+    When: once, when the trainer is built, after the data pipeline (`context` holds the run,
+    [train], the ranks, dataset, stream, encoder, codec and text encoder). The algorithm builds
+    and owns its networks (`longlive.assembly.build_model` per role), optimizers, losses and
+    update schedule; the trainer runs it, checkpoints its `state_dict` and calls its `export`.
+    The core's default: teacher forcing / bidirectional flow matching on one network
+    (longlive/train/teacher_forcing.py). The dmd plugin provides DMD distillation.
     """
 
 

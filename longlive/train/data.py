@@ -358,6 +358,30 @@ class BatchEncoder:
             context = self._drop_captions(context, seeds)
         return {"latents": latents, "context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}
 
+    @torch.no_grad()
+    def encode_prompts(self, dataset: Dataset, indices: Sequence[int], seeds: Sequence[int], *,
+                       first_frame: bool = False) -> dict:
+        """Text only, for algorithms that generate their own videos (DMD): {"context" [B, n, L, D],
+        "seeds" [B]}, plus with `first_frame` the latent of each video's first frame, "image"
+        [B, C, 1, h, w] (I2V; a causal codec encodes the first frame alone). No video is encoded
+        otherwise; captions are dropped as in `__call__`."""
+        items = [dataset[i] for i in indices]
+        n = {len(it["prompts"]) for it in items}
+        if len(n) != 1:
+            raise ConfigError(f"dataset items of one batch have different numbers of chunk prompts: {sorted(n)}")
+        context = self.text.encode([p for it in items for p in it["prompts"]]).float()  # [B * n, L, D]
+        context = rearrange(context, "(b n) l d -> b n l d", b=len(items))
+        if self.caption_dropout > 0.0:
+            context = self._drop_captions(context, seeds)
+        out = {"context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}
+        if first_frame:
+            if any("video" not in it for it in items):
+                raise ConfigError("the first frame (I2V) needs videos; this dataset has captions only "
+                                  "(train.dataset = \"prompts\"): use video shards")
+            video = torch.stack([video_to_float(it["video"])[:, :1] for it in items])  # [B, 3, 1, H, W]
+            out["image"] = self.codec.encode(video.to(self.device, self.dtype)).float()
+        return out
+
     def _drop_captions(self, context: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """context [B, n, L, D] with the samples whose seed draws below caption_dropout unconditioned."""
         drop = [np.random.default_rng([int(seed), 7]).random() < self.caption_dropout for seed in seeds]

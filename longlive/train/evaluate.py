@@ -64,13 +64,22 @@ def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
     return out
 
 
-def evaluate(run: RunContext, *, chunks: list[ChunkPrompt], fps: float, model: WanDiT, ema: EMA, codec: Codec,
+def live_copy(model: WanDiT, dtype: torch.dtype) -> WanDiT:
+    """A detached copy of `model` in `dtype`, in eval mode (a network trained without EMA)."""
+    import copy
+
+    from longlive.quant.format import cast_model
+
+    return cast_model(copy.deepcopy(model), dtype).eval().requires_grad_(False)
+
+
+def evaluate(run: RunContext, *, chunks: list[ChunkPrompt], fps: float, model: WanDiT, ema: EMA | None, codec: Codec,
              text_encoder: TextEncoder, step: int) -> dict[str, float]:
     """Generate with the EMA weights, log the preview and metric scores; returns the logged scalars.
 
     `chunks` and `fps` come from `eval_prompts` (computed once per run).
     """
-    eval_model = ema.averaged_copy(model, run.dtype)
+    eval_model = ema.averaged_copy(model, run.dtype) if ema is not None else live_copy(model, run.dtype)
     video = generate_eval_video(run, eval_model, codec, text_encoder, chunks)
     del eval_model
     run.monitor.video_preview("eval/video", video, step)

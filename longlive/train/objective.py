@@ -11,9 +11,15 @@ num_train_timesteps N = 1000, shift `timestep_shift`, extra_one_step): for i = 0
     sigma_i = shift u_i / (1 + (shift - 1) u_i)       (shift_sigma)
     t_i = 1000 sigma_i
 
-and an index i is drawn uniformly: once per sample (bidirectional, `forward`) or once per chunk
-of `frames_per_chunk` latent frames (teacher forcing, `forward_teacher` with clean = x0, every
-frame of a chunk sharing its chunk's timestep).
+and an index i is drawn uniformly: once per sample (bidirectional, `forward`; causal, `forward`
+under the block-causal mask of chunks of `frames_per_chunk` frames within `window_frames`, as a
+DMD critic sees a generated video) or once per chunk of `frames_per_chunk` latent frames
+(teacher forcing, `forward_teacher` with clean = x0, every frame of a chunk sharing its chunk's
+timestep). With `timestep_range` (t_min, t_max), the grid's noise levels are clamped to
+[t_min / 1000, t_max / 1000] (LongLive's DMD critic: [20, 980] after the shift).
+
+A batch may carry "clean_frames" [B, F] (bool): those frames are given clean (sigma = 0, t = 0)
+and carry no loss (I2V: the image frame); the loss is then the mean over the other frames.
 
 Loss: per-frame MSE over (C, H, W), times the time weight w(t) of the frame's timestep,
 averaged over batch and frames: L = mean_{b,f} w(t_bf) * mean_{c,h,w} (v_pred - v)^2.
@@ -79,12 +85,18 @@ class FlowMatchingObjective:
     """
 
     def __init__(self, *, mode: str, frames_per_chunk: int, shift: float, weighting: str,
-                 caption_start_weight: float = 1.0) -> None:
-        if mode not in ("teacher_forcing", "bidirectional"):
+                 caption_start_weight: float = 1.0, patch: tuple[int, int, int] | None = None,
+                 window_frames: int | None = None, timestep_range: tuple[float, float] | None = None) -> None:
+        if mode not in ("teacher_forcing", "bidirectional", "causal"):
             raise ConfigError(f"train.mode: {mode!r} is not known; use teacher_forcing or bidirectional")
+        if mode == "causal" and patch is None:
+            raise ValueError("the causal objective needs the DiT's patch (tokens per latent frame)")
         self.mode, self.frames_per_chunk = mode, frames_per_chunk
+        self.patch, self.window_frames = patch, window_frames
         self.caption_start_weight = caption_start_weight
         sigmas = sigma_grid(shift)
+        if timestep_range is not None:
+            sigmas = sigmas.clamp(timestep_range[0] / TRAIN_TIMESTEPS, timestep_range[1] / TRAIN_TIMESTEPS)
         self.sigmas = sigmas.float()  # [N]
         self.weights = time_weights(sigmas * TRAIN_TIMESTEPS, weighting).float()  # [N], mean 1
 
@@ -101,7 +113,7 @@ class FlowMatchingObjective:
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise like x0 and grid indices [B, F] (constant per chunk, or per sample if bidirectional)."""
         batch, frames = x0.shape[0], x0.shape[2]
-        groups = 1 if self.mode == "bidirectional" else self._chunks(frames)
+        groups = 1 if self.mode in ("bidirectional", "causal") else self._chunks(frames)
         noise = torch.empty_like(x0, dtype=torch.float32)
         index = torch.empty(batch, groups, dtype=torch.long, device=x0.device)
         for b, seed in enumerate(seeds.tolist()):
@@ -114,20 +126,40 @@ class FlowMatchingObjective:
         x0 = batch["latents"].float()  # [B, C, F, H, W]
         noise, index = self.draw(x0, batch["seeds"], generator)
         sigma = self.sigmas.to(x0.device)[index]  # [B, F]
+        clean = batch.get("clean_frames")  # [B, F] bool or None
+        if clean is not None:
+            if self.mode == "bidirectional":
+                raise ConfigError("clean_frames (I2V) need per-frame timesteps: use teacher forcing or causal")
+            sigma = torch.where(clean, torch.zeros_like(sigma), sigma)
         x_t = FlowMatching.add_noise(x0, noise, sigma)
         target = FlowMatching.velocity_target(x0, noise)
         t = FlowMatching.timestep(sigma)  # [B, F]
         if self.mode == "teacher_forcing":
             pred = model.forward_teacher(x0, x_t, t, batch["context"], frames_per_block=self.frames_per_chunk)
+        elif self.mode == "causal":
+            pred = model(x_t, t, batch["context"], mask_mod=self._causal_mask(x0))
         else:
             pred = model(x_t, t[:, 0], batch["context"])
         mse = (pred.float() - target).pow(2).mean(dim=(1, 3, 4))  # [B, F]
         weight = self.weights.to(x0.device)[index]  # [B, F]
         if self.caption_start_weight != 1.0:
             weight = weight * self._caption_starts(batch["context"], x0.shape[2])
-        loss = (mse * weight).mean()
+        if clean is None:
+            loss = (mse * weight).mean()
+        else:
+            keep = (~clean).float()
+            loss = (mse * weight * keep).sum() / keep.sum().clamp(min=1.0)
         metrics = {"loss": loss.detach(), "mse": mse.detach().mean(), "sigma": sigma.mean()}
         return loss, metrics
+
+    def _causal_mask(self, x0: torch.Tensor):
+        """The chunk-causal mask of inference (within window_frames) over x0's token grid."""
+        from longlive.model.attention import block_causal_mask
+
+        pt, ph, pw = self.patch
+        frames, height, width = x0.shape[2:]
+        return block_causal_mask(frames // pt, (height // ph) * (width // pw), self.frames_per_chunk // pt,
+                                 self.window_frames // pt if self.window_frames is not None else None)
 
     def _caption_starts(self, context: torch.Tensor, frames: int) -> torch.Tensor:
         """Frame weights [B, F]: caption_start_weight in chunks that start a caption, else 1."""

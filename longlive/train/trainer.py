@@ -1,53 +1,51 @@
-"""The `train` task: bidirectional diffusion or AR teacher-forcing training of the DiT.
+"""The `train` task: the loop that runs a training algorithm, with data, logging, checkpoints and export.
 
-One optimizer step = `grad_accum` micro-steps, each taking one global batch from the
-DataStream (this rank's `batch_size` samples), encoding it (codec + text encoder, frozen),
-and back-propagating the objective's loss / grad_accum (DDP syncs gradients on the last
-micro-step only). Then: clip the gradient norm, set the warmed-up LR, AdamW step, EMA update.
-Logged every log_every steps (averaged over ranks): train/loss, train/mse, train/sigma,
-train/grad_norm (before clipping), train/lr, train/tokens_per_s (DiT sequence tokens, clean and
-noisy halves in teacher forcing, of all ranks, per second of wall time).
+The algorithm (the `longlive_make_training_algorithm` role, longlive/train/algorithm.py) owns the
+networks, optimizers, losses and update schedule; the core's is teacher forcing / bidirectional
+diffusion (longlive/train/teacher_forcing.py), the dmd plugin's is DMD distillation. This
+module builds the data pipeline (dataset, DataStream, codec + text encoder, frozen), runs one
+`algorithm.train_step(step)` per optimizer step, and logs every log_every steps the algorithm's
+metrics (averaged over the steps that reported them and over ranks) as train/<name>, its
+learning rates, train/tokens_per_s (DiT sequence tokens of all ranks per second of wall time),
+train/epoch and train/bad_samples. Teacher forcing logs train/loss, train/mse, train/sigma,
+train/grad_norm (before clipping) and train/lr.
 
 Checkpoints (`<run_dir>/checkpoints/last.pt`, written by rank 0 every save_every steps and at
-the end) hold everything a resume needs; a run directory that already holds one resumes from
-it, and the resumed run reproduces the uninterrupted one exactly (same data order, per-sample
-noise from the stream position, optimizer and EMA state, RNG states). Parameters train in fp32;
-on CUDA with run.dtype bf16 the forward runs under bf16 autocast. At the end the EMA weights
-are exported to `<run_dir>/<train.export>` (safetensors, in run.dtype).
+the end) hold everything a resume needs: every trained network (adapters only for LoRA), its
+optimizer and EMA (the algorithm's `state_dict`), data position, RNG states, loss history. A run
+directory that already holds one resumes from it, and the resumed run reproduces the
+uninterrupted one exactly. Parameters train in fp32; on CUDA with run.dtype bf16 the forward
+runs under bf16 autocast. At the end the algorithm exports its result to
+`<run_dir>/<train.export>` (teacher forcing: the EMA weights, safetensors in run.dtype).
 
-Divergence: before every save and before the export, every rank checks that the weights, the
-optimizer state and the EMA are finite; if not, the run stops with an error and writes nothing,
-so `last.pt` stays the last good checkpoint (and a resume starts from it).
+Divergence: before every save and before the export, every rank checks that every network's
+weights, optimizer state and EMA are finite; if not, the run stops with an error and writes
+nothing, so `last.pt` stays the last good checkpoint (and a resume starts from it).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from longlive.assembly import build_codec, build_model, build_text_encoder
+from longlive.assembly import build_codec, build_text_encoder
 from longlive.distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from longlive.errors import ConfigError, LongLiveError
-from longlive.lora import adapter_state_dict, has_adapters, load_adapters, save_adapters
-from longlive.quant.format import cast_model, forward_context, refresh_model
 from longlive.train.checkpoint import (load_checkpoint, nonfinite_tensors, remove_stale_temporaries, rng_state,
                                        save_checkpoint, set_rng_state)
-from longlive.train.config import TrainConfig, resolve_path, train_config
+from longlive.train.config import TrainConfig, train_config
+from longlive.train.algorithm import TrainingContext
 from longlive.train.data import BatchEncoder, DataStream, SkippingDataset
-from longlive.train.ema import EMA
 
 if TYPE_CHECKING:
     from longlive.run import RunContext
+    from longlive.train.ema import EMA
 
 log = logging.getLogger(__name__)
-
-_LOGGED = ("loss", "mse", "sigma", "grad_norm")
-
 
 def run_training(run: RunContext) -> dict:
     """Structure [train], join the process group (torchrun), train, export; returns the summary."""
@@ -62,30 +60,6 @@ def run_training(run: RunContext) -> dict:
         shutdown(info)
 
 
-class _EntryPoints(nn.Module):
-    """Routes the DiT's entry points through one forward, so DDP's gradient hooks see each call."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, entry: str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return getattr(self.model, entry)(*args, **kwargs)
-
-
-class Replicated:
-    """What the objective calls under DDP: `model(...)` and `model.forward_teacher(...)`."""
-
-    def __init__(self, ddp: nn.Module, module: nn.Module) -> None:
-        self.ddp, self.module = ddp, module
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.ddp("forward", *args, **kwargs)
-
-    def forward_teacher(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.ddp("forward_teacher", *args, **kwargs)
-
-
 class Trainer:
     """The parts of one training run and the loop over them (module docstring)."""
 
@@ -97,7 +71,7 @@ class Trainer:
         self._tokens, self._clock = 0, time.perf_counter()  # since the last log
         torch.manual_seed(run.experiment.run.seed + info.rank)  # plugins' draws; ours are per sample
         self._build_data()
-        self._build_model()
+        self._build_algorithm()
         self.checkpoints = run.run_dir / "checkpoints" if run.run_dir is not None else None
         self.eval_prompts = None
         if config.eval_every and info.is_main:
@@ -116,71 +90,33 @@ class Trainer:
         self.stream = DataStream(len(self.dataset), batch_size=cfg.batch_size, seed=run.experiment.run.seed,
                                  rank=self.info.rank, world_size=self.info.world_size)
 
-    def _build_model(self) -> None:
+    def _build_algorithm(self) -> None:
         run, cfg = self.run, self.config
-        init = str(resolve_path(cfg.init_from, run, "train.init_from")) if cfg.init_from is not None else None
-        model = cast_model(build_model(run, role="generator", training=True, checkpoint=init, where="train.init_from",
-                                       dtype=torch.float32), torch.float32).train()
-        self.adapters = has_adapters(model)
-        if not any(p.requires_grad for p in model.parameters()):  # no adapters: train everything
-            model.requires_grad_(True)
-        self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                           weight_decay=cfg.weight_decay)
-        self.ema = EMA(model, decay=cfg.ema_decay, start=cfg.ema_start)
-        self.objective = run.hook.longlive_make_objective(run=run)
-        self.ddp = None
-        self.entry: Any = model
-        if self.info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
+        self.context = TrainingContext(run=run, config=cfg, info=self.info, dataset=self.dataset, stream=self.stream,
+                                       encoder=self.encoder, codec=self.codec, text=self.text)
+        self.algorithm = run.hook.longlive_make_training_algorithm(context=self.context)
+        trained = sum(p.numel() for net in self.algorithm.networks.values() for p in net.params)
+        log.info("training %s (%s: %s): %d parameters, %d samples, global batch %d x %d accumulation, %s",
+                 run.experiment.model.preset, self.algorithm.name, ", ".join(self.algorithm.networks), trained,
+                 len(self.dataset), self.stream.global_batch, cfg.grad_accum,
+                 "bf16 autocast" if run.device.type == "cuda" and run.dtype == torch.bfloat16 else "fp32")
 
-            ids = [run.device] if run.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(_EntryPoints(model), device_ids=ids)
-            self.entry = Replicated(self.ddp, model)
-        self.autocast = run.device.type == "cuda" and run.dtype == torch.bfloat16
-        self.generator = torch.Generator(device=run.device)
-        log.info("training %s: %d parameters, %s, %d samples, global batch %d x %d accumulation, %s",
-                 run.experiment.model.preset, sum(p.numel() for p in self.params), cfg.mode, len(self.dataset),
-                 self.stream.global_batch, cfg.grad_accum, "bf16 autocast" if self.autocast else "fp32")
+    @property
+    def model(self) -> nn.Module:
+        """The network the evaluation shows (the generator)."""
+        return self.algorithm.networks[self.algorithm.eval_network].model
+
+    @property
+    def ema(self) -> EMA | None:
+        return self.algorithm.networks[self.algorithm.eval_network].ema
 
     # ---- one optimizer step ------------------------------------------------------------------
 
-    def lr_at(self, step: int) -> float:
-        """Linear warmup over warmup_steps, then constant; `step` is 0-based."""
-        warmup = self.config.warmup_steps
-        return self.config.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
-
     def train_step(self) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accum):
-            batch = self.encoder(self.dataset, *self.stream.next())
-            self._count_tokens(batch["latents"])
-            defer_sync = self.ddp is not None and micro < cfg.grad_accum - 1
-            with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(self.model):
-                    loss, metrics = self.objective(self.entry, batch, self.generator)
-                (loss / cfg.grad_accum).backward()
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, max_norm).detach().float()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.optimizer.step()
+        metrics, tokens = self.algorithm.train_step(self.step)
+        self._tokens += tokens
         self.step += 1
-        refresh_model(self.model)  # quantized copies of the master weights are stale now
-        self.run.hook.longlive_optimizer_step_done(model=self.model, step=self.step, run=self.run)
-        self.ema.update(self.model, self.step)
-        return totals
-
-    def _count_tokens(self, latents: torch.Tensor) -> None:
-        pt, ph, pw = self.model.config.patch
-        f, h, w = latents.shape[2:]
-        halves = 2 if self.config.mode == "teacher_forcing" else 1
-        self._tokens += halves * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.info.world_size
+        return metrics
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -193,16 +129,17 @@ class Trainer:
 
             steps = progress(steps, desc="train", total=len(steps), unit="step")
         window: dict[str, torch.Tensor] = {}
-        self._tokens, self._clock, count = 0, time.perf_counter(), 0
+        counts: dict[str, int] = {}
+        self._tokens, self._clock = 0, time.perf_counter()
         started = time.perf_counter()
         for _ in steps:
             for key, value in self.train_step().items():
                 window[key] = window.get(key, 0.0) + value
-            count += 1
+                counts[key] = counts.get(key, 0) + 1
             last = self.step == cfg.steps or (self.step % cfg.log_every == 0 and self._out_of_time(started))
             if self.step % cfg.log_every == 0 or last:
-                self.log_window(window, count)
-                window, count = {}, 0
+                self.log_window(window, counts)
+                window, counts = {}, {}
             if (cfg.save_every and self.step % cfg.save_every == 0) or last:
                 self.save()
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
@@ -222,25 +159,29 @@ class Trainer:
             log.info("train.max_seconds = %s reached at step %d: stopping", self.config.max_seconds, self.step)
         return bool(flag.item())
 
-    def log_window(self, window: dict[str, torch.Tensor], count: int) -> None:
-        """Average the window's metrics over steps and ranks; rank 0 logs them."""
-        values = torch.stack([window.get(k, torch.zeros(())).to(self.run.device) for k in _LOGGED]) / count
+    def log_window(self, window: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+        """Average the window's metrics over the steps that reported each and over ranks; rank 0 logs them."""
+        names = self.algorithm.logged
+        values = torch.stack([window.get(k, torch.zeros(())).to(self.run.device) for k in names])
+        values = values / torch.tensor([float(max(counts.get(k, 0), 1)) for k in names], device=self.run.device)
         if self.info.distributed:
             torch.distributed.all_reduce(values)
             values /= self.info.world_size
-        loss, mse, sigma, grad_norm = values.tolist()
+        averaged = dict(zip(names, values.tolist()))
+        loss = averaged[self.algorithm.loss_key]
         if not math.isfinite(loss):
             raise LongLiveError(f"training diverged: loss is {loss} at step {self.step}; lower train.lr, "
                                 f"set train.grad_clip or train.warmup_steps")
         elapsed, self._clock = time.perf_counter() - self._clock, time.perf_counter()
-        scalars = {"train/loss": loss, "train/mse": mse, "train/sigma": sigma, "train/grad_norm": grad_norm,
-                   "train/lr": self.lr_at(self.step - 1), "train/tokens_per_s": self._tokens / max(elapsed, 1e-9),
-                   "train/epoch": self.stream.epoch, "train/bad_samples": len(self.dataset.bad)}
+        scalars = {f"train/{k}": v for k, v in averaged.items() if counts.get(k, 0)}
+        scalars.update({f"train/{k}": v for k, v in self.algorithm.learning_rates(self.step - 1).items()})
+        scalars.update({"train/tokens_per_s": self._tokens / max(elapsed, 1e-9),
+                        "train/epoch": self.stream.epoch, "train/bad_samples": len(self.dataset.bad)})
         self._tokens = 0
         self.history.append((self.step, loss))
         if self.info.is_main:
             self.run.log(self.step, scalars)
-            log.debug("step %d: loss %.5f, grad norm %.4f", self.step, loss, grad_norm)
+            log.debug("step %d: %s", self.step, ", ".join(f"{k} {v:.5f}" for k, v in averaged.items() if counts.get(k)))
 
     # ---- checkpoints, evaluation, export ----------------------------------------------------
 
@@ -251,17 +192,14 @@ class Trainer:
         return dumps_toml(experiment_to_table(self.run.experiment, self.run.plugin_configs, self.config))
 
     def state_dict(self, rng: list[dict]) -> dict:
-        model = adapter_state_dict(self.model) if self.adapters else self.model.state_dict()
-        return {"step": self.step, "experiment": self.experiment_toml(), "model": model,
-                "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+        return {"step": self.step, "experiment": self.experiment_toml(), **self.algorithm.state_dict(),
                 "data": self.stream.state_dict(), "rng": rng,
-                "mode": self.config.mode, "history": [list(h) for h in self.history],
+                "mode": self.algorithm.name, "history": [list(h) for h in self.history],
                 "bad_samples": sorted(self.dataset.bad)}
 
     def check_finite(self) -> None:
         """Raise when the weights, optimizer state or EMA hold NaN/inf (every rank: the state is replicated)."""
-        bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
-                                 "ema": self.ema.shadow})
+        bad = nonfinite_tensors({name: net.finite_state() for name, net in self.algorithm.networks.items()})
         if not bad:
             return
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.checkpoints / 'last.pt'}"
@@ -286,15 +224,8 @@ class Trainer:
         state = load_checkpoint(self.checkpoints) if self.checkpoints is not None else None
         if state is None:
             return
-        from longlive.model.checkpoint import load_strict
-
         self.check_changes(state)
-        if self.adapters:
-            load_adapters(self.model, state["model"], where=f"adapters of checkpoint in {self.checkpoints}")
-        else:
-            load_strict(self.model, state["model"], what=f"model of checkpoint in {self.checkpoints}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
+        self.algorithm.load_state_dict(state, where=f"checkpoint in {self.checkpoints}")
         self.stream.load_state_dict(state["data"])
         self.step = self.saved_step = int(state["step"])
         self.history = [(int(s), float(v)) for s, v in state["history"]]
@@ -339,23 +270,16 @@ class Trainer:
         barrier(self.info)
 
     def finish(self) -> dict:
-        from longlive.model.checkpoint import save_safetensors_atomic
-
         export = self.run.output_path(self.config.export)
         if export is not None:
             self.check_finite()
-        if export is not None and self.info.is_main and self.adapters:  # adapter-only, EMA weights
-            state = {k: v for k, v in self.ema.model_state(self.model).items() if k in adapter_state_dict(self.model)}
-            save_adapters(self.model, export, state=state, metadata={"step": str(self.step), "weights": "ema"})
-        elif export is not None and self.info.is_main:
-            save_safetensors_atomic(self.ema.model_state(self.model, self.run.dtype), export,
-                                    metadata={"preset": self.run.experiment.model.preset, "step": str(self.step),
-                                              "weights": "ema", "prediction": self.model.config.prediction})
+        if export is not None and self.info.is_main:
+            self.algorithm.export(export, self.step)
         barrier(self.info)
         loss = self.history[-1][1] if self.history else math.nan
         return {"steps": self.step, "loss": loss, "losses": [v for _, v in self.history],
                 "export": str(export) if export is not None else None,
                 "bad_samples": [self.dataset.bad[i] for i in sorted(self.dataset.bad)],
-                "summary": f"trained {self.step} steps ({self.config.mode}); final loss {loss:.4f}"
+                "summary": f"trained {self.step} steps ({self.algorithm.name}); final {self.algorithm.loss_key} {loss:.4f}"
                            + (f"; {len(self.dataset.bad)} corrupt samples skipped" if self.dataset.bad else "")
-                           + (f"; EMA weights -> {export}" if export is not None else "")}
+                           + (f"; exported -> {export}" if export is not None else "")}

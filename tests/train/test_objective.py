@@ -189,3 +189,53 @@ def test_caption_start_weight_scales_the_chunks_that_start_a_caption(mode):
     torch.testing.assert_close(loss, (mse * weight).mean(), rtol=1e-5, atol=0)
     torch.testing.assert_close(plain, mse.mean(), rtol=1e-5, atol=0)
     assert math.isfinite(float(loss)) and float(loss) > float(plain)
+
+
+class RecordingModel:
+    """Returns a fixed prediction; records the forward's inputs (the causal mode's call)."""
+
+    def __init__(self, pred: torch.Tensor) -> None:
+        self.pred, self.calls = pred, []
+
+    def __call__(self, x_t, t, context, *, mask_mod=None):
+        self.calls.append((x_t, t, mask_mod))
+        return self.pred
+
+
+def test_causal_mode_one_level_per_video_under_the_block_mask_clamped():
+    """The DMD critic's loss: one t per video, the inference block-causal mask, t clamped to [20, 980]."""
+    from longlive.model.attention import block_causal_mask
+
+    b = batch()
+    model = RecordingModel(torch.zeros(len(b["seeds"]), C, F, H, W))
+    objective = FlowMatchingObjective(mode="causal", frames_per_chunk=FPC, shift=5.0, weighting="uniform",
+                                      patch=(1, 2, 2), window_frames=4, timestep_range=(20.0, 980.0))
+    loss, _ = objective(model, b, torch.Generator())
+    x_t, t, mask = model.calls[0]
+    assert mask == block_causal_mask(F, 1, FPC, 4)  # (H/2)(W/2) = 1 token per frame
+    assert t.shape == (B, F) and torch.equal(t, t[:, :1].expand(B, F))
+    assert float(objective.sigmas.max()) == pytest.approx(0.98) and float(objective.sigmas.min()) == pytest.approx(0.02)
+    noise, _ = objective.draw(b["latents"], b["seeds"], torch.Generator())
+    target = FlowMatching.velocity_target(b["latents"], noise)
+    assert torch.allclose(loss, target.pow(2).mean())  # prediction 0, uniform weights
+
+
+def test_clean_frames_are_given_clean_and_carry_no_loss():
+    b = batch()
+    b["clean_frames"] = torch.zeros(B, F, dtype=torch.bool)
+    b["clean_frames"][:, 0] = True  # I2V: the image frame
+    model = ExactModel(b["latents"])
+    objective = FlowMatchingObjective(mode="teacher_forcing", frames_per_chunk=FPC, shift=5.0, weighting="uniform")
+    pred_bad = RecordingModel(torch.zeros(B, C, F, H, W))
+    causal = FlowMatchingObjective(mode="causal", frames_per_chunk=FPC, shift=5.0, weighting="uniform",
+                                   patch=(1, 2, 2))
+    loss, _ = causal(pred_bad, b, torch.Generator())
+    x_t, t, _ = pred_bad.calls[0]
+    assert torch.equal(x_t[:, :, 0], b["latents"][:, :, 0]) and torch.all(t[:, 0] == 0)
+    noise, _ = causal.draw(b["latents"], b["seeds"], torch.Generator())
+    target = FlowMatching.velocity_target(b["latents"], noise)
+    assert torch.allclose(loss, target[:, :, 1:].pow(2).mean())  # frame 0 left out of the mean
+    with pytest.raises(Exception, match="per-frame timesteps"):
+        FlowMatchingObjective(mode="bidirectional", frames_per_chunk=FPC, shift=5.0, weighting="uniform")(model, b,
+                                                                                                           torch.Generator())
+    assert objective(model, {k: v for k, v in b.items() if k != "clean_frames"}, torch.Generator())[0] < 1e-8

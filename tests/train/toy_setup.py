@@ -1,6 +1,10 @@
 """Helpers of the training tests: tiny toy-world shards and a CPU training run of the debug DiT."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from longlive.registry import hookimpl
@@ -29,6 +33,34 @@ def toy_table(data: str, **train) -> dict:
                   "lr": 1e-3, "log_every": 1, "save_every": 0, **train},
         "plugins": {"toyworld": {"size": SIZE, "fps": FPS}},
     }
+
+
+def torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300) -> tuple[int, str]:
+    """Run `worker` under `torchrun --standalone` with `nproc` CPU ranks (OMP_NUM_THREADS=1) in its
+    own process group, killed whole on a timeout so no rank outlives the test; (returncode, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(worker), *args]
+    proc = subprocess.Popen(cmd, cwd=worker.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, stderr
+
+
+def dmd_table(data: str, start: str, *, steps: int, batch_size: int = 1, **dmd) -> dict:
+    """A DMD experiment over `toy_table`: LoRA rank 4 from `start`, 2-step UniPC rollouts, generator every 2nd step."""
+    table = toy_table(data, steps=steps, lora_rank=4, init_from=start, save_every=2, batch_size=batch_size,
+                      export="student.safetensors")
+    table["run"]["plugins"] = ["toyworld", "dmd"]
+    table["sampler"]["name"] = "unipc"
+    table["plugins"]["dmd"] = {"generator_every": 2, "generator_lr": 1e-3, "critic_lr": 1e-3, **dmd}
+    return table
 
 
 def make_toy_run(table: dict, run_dir: Path | None, *extra_plugins):

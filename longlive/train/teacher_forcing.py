@@ -1,0 +1,115 @@
+"""The core's training algorithm: one network trained with the flow-matching objective.
+
+Teacher forcing (AR: `[clean ; noisy]` under the block mask) or bidirectional diffusion, as
+train.mode says; the loss is the `longlive_make_objective` role's (longlive/train/objective.py).
+One optimizer step = `grad_accum` micro-steps, each taking one global batch from the data stream
+(this rank's `batch_size` samples) and back-propagating loss / grad_accum (DDP syncs gradients
+on the last micro-step only); then clip, warmed-up LR, AdamW step, refresh of quantized copies,
+`longlive_optimizer_step_done`, EMA update.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from longlive.quant.format import forward_context, refresh_model
+from longlive.train.algorithm import TrainingContext, trained_network
+from longlive.train.config import resolve_path
+
+log = logging.getLogger(__name__)
+
+
+class _EntryPoints(nn.Module):
+    """Routes the DiT's entry points through one forward, so DDP's gradient hooks see each call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, entry: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return getattr(self.model, entry)(*args, **kwargs)
+
+
+class Replicated:
+    """What the objective calls under DDP: `model(...)` and `model.forward_teacher(...)`."""
+
+    def __init__(self, ddp: nn.Module, module: nn.Module) -> None:
+        self.ddp, self.module = ddp, module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.ddp("forward", *args, **kwargs)
+
+    def forward_teacher(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.ddp("forward_teacher", *args, **kwargs)
+
+
+class TeacherForcing:
+    """The flow-matching algorithm on one network "generator" (module docstring)."""
+
+    loss_key = "loss"
+    logged = ("loss", "mse", "sigma", "grad_norm")
+    eval_network = "generator"
+
+    def __init__(self, context: TrainingContext) -> None:
+        self.context = context
+        run, cfg = context.run, context.config
+        self.name = cfg.mode
+        init = str(resolve_path(cfg.init_from, run, "train.init_from")) if cfg.init_from is not None else None
+        self.network = trained_network(context, "generator", "generator", lr=cfg.lr, checkpoint=init,
+                                       where="train.init_from", ema=True)
+        self.networks = {"generator": self.network}
+        self.objective = run.hook.longlive_make_objective(run=run)
+        self.ddp = None
+        self.entry: Any = self.network.model
+        if context.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [run.device] if run.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(_EntryPoints(self.network.model), device_ids=ids)
+            self.entry = Replicated(self.ddp, self.network.model)
+        self.autocast = run.device.type == "cuda" and run.dtype == torch.bfloat16
+        self.generator = torch.Generator(device=run.device)
+
+    def train_step(self, step: int) -> tuple[dict[str, torch.Tensor], int]:
+        cfg, net, run = self.context.config, self.network, self.context.run
+        net.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for micro in range(cfg.grad_accum):
+            batch = self.context.next_batch()
+            tokens += self._tokens(batch["latents"])
+            defer_sync = self.ddp is not None and micro < cfg.grad_accum - 1
+            with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(net.model):
+                    loss, metrics = self.objective(self.entry, batch, self.generator)
+                (loss / cfg.grad_accum).backward()
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
+        totals["grad_norm"] = net.clip_and_step(step, cfg.grad_clip)
+        refresh_model(net.model)  # quantized copies of the master weights are stale now
+        run.hook.longlive_optimizer_step_done(model=net.model, step=step + 1, run=run)
+        if net.ema is not None:
+            net.ema.update(net.model, step + 1)
+        return totals, tokens
+
+    def _tokens(self, latents: torch.Tensor) -> int:
+        pt, ph, pw = self.network.model.config.patch
+        f, h, w = latents.shape[2:]
+        halves = 2 if self.context.config.mode == "teacher_forcing" else 1
+        return halves * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.context.info.world_size
+
+    def learning_rates(self, step: int) -> dict[str, float]:
+        return {"lr": self.network.lr_at(step)}
+
+    def state_dict(self) -> dict:
+        return self.network.state_dict()  # "model", "optimizer", "ema" at the checkpoint's top level
+
+    def load_state_dict(self, state: dict, *, where: str) -> None:
+        self.network.load_state_dict(state, where=where)
+
+    def export(self, path: Any, step: int) -> None:
+        self.network.export(path, run=self.context.run, step=step)

@@ -25,7 +25,8 @@ def write_toy_shards(directory: Path, *, num_clips: int, clips_per_shard: int, f
 def toy_table(data: str, **train) -> dict:
     """An experiment table: toyworld plugin, debug DiT (text_dim 32 = the toy text encoder's), 32x32 px."""
     return {
-        "run": {"name": "train-test", "task": "train", "device": "cpu", "seed": 3, "plugins": ["toyworld"]},
+        "run": {"name": "train-test", "task": "train", "device": "cpu", "seed": 3, "plugins": ["toyworld"],
+                "threads": 1},  # pinned: the automatic count follows the CPU load, and exact-resume tests compare bits
         "model": {"preset": "debug", "codec": "toy-patch", "text_encoder": "toy-words"},
         "sampler": {"name": "fewstep", "height": SIZE, "width": SIZE, "num_frames": 4, "frames_per_chunk": 2,
                     "window_frames": 4, "steps": 2},

@@ -28,6 +28,7 @@ import attrs
 import torch
 from torch import nn
 
+from longlive.quant.weight_cache import QuantizedWeightCache
 from longlive_plugins.quant_4o6 import backend
 
 PACKED = ("quantized_weight_values", "quantized_weight_scale_factors", "quantized_weight_amax",
@@ -93,7 +94,7 @@ class NVFP4Linear(nn.Module):
         self.recipe = recipe
         self.quant_format = quant_format  # the QuantFormat that made it (cast, refresh, packed state)
         self.bias = nn.Parameter(bias, requires_grad=bias.requires_grad) if bias is not None else None
-        self._cache: dict[str, tuple[Any, Any]] = {}  # name -> (weight version, QuantizedTensor)
+        self._cache = QuantizedWeightCache()  # "w" | "w_t" -> QuantizedTensor of the master weight
         if weight is not None:  # training: the master weight stays
             self.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
         else:
@@ -170,14 +171,9 @@ class NVFP4Linear(nn.Module):
         return self._cached("w_t", lambda w: w.t().contiguous())
 
     def _cached(self, name: str, view: Any) -> Any:
-        w = self.weight
-        version = (w._version, w.data_ptr(), w.device)
-        hit = self._cache.get(name)
-        if hit is None or hit[0] != version:
-            q = backend.quantize(view(w.detach()), rule=self.recipe.weight_scale_rule, path=self.recipe.path,
-                                 block_2d=self.recipe.weight_scale_2d)
-            hit = self._cache[name] = (version, q)
-        return hit[1]
+        r = self.recipe
+        return self._cache.get(name, self.weight, lambda w: backend.quantize(
+            view(w), rule=r.weight_scale_rule, path=r.path, block_2d=r.weight_scale_2d))
 
     def refresh(self) -> None:
         """The master weight changed (an optimizer step): drop the cached quantized copies."""

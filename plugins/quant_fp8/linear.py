@@ -22,6 +22,7 @@ import attrs
 import torch
 from torch import nn
 
+from longlive.quant.weight_cache import QuantizedWeightCache
 from longlive_plugins.quant_fp8 import fp8
 
 PACKED = ("weight_fp8", "weight_scale")
@@ -80,7 +81,7 @@ class FP8Linear(nn.Module):
         self.recipe = recipe
         self.quant_format = quant_format  # the QuantFormat that made it (cast, refresh, packed state)
         self.bias = nn.Parameter(bias, requires_grad=bias.requires_grad) if bias is not None else None
-        self._cache: tuple[Any, tuple[torch.Tensor, torch.Tensor]] | None = None  # (weight version, (q, s))
+        self._cache = QuantizedWeightCache()  # "w" -> (Q(W), s_w) of the master weight
         if weight is not None:  # training: the master weight stays
             self.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
         else:
@@ -112,11 +113,7 @@ class FP8Linear(nn.Module):
         """(Q(W) float8_e4m3fn [out, in], s_w fp32 [out, 1])."""
         if self.materialized:
             return self.weight_fp8, self.weight_scale
-        w = self.weight
-        version = (w._version, w.data_ptr(), w.device, w.dtype)
-        if self._cache is None or self._cache[0] != version:
-            self._cache = (version, fp8.quantize_rows(w.detach()))
-        return self._cache[1]
+        return self._cache.get("w", self.weight, fp8.quantize_rows)
 
     def packed(self) -> dict[str, torch.Tensor]:
         """The packed weight (for training modules: the current Q(W) in the same layout)."""
@@ -125,7 +122,7 @@ class FP8Linear(nn.Module):
 
     def refresh(self) -> None:
         """The master weight changed (an optimizer step): drop the cached Q(W)."""
-        self._cache = None
+        self._cache.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return FP8LinearFunction.apply(x, self.weight, self.bias, self)

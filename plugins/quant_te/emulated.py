@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longlive.quant import nvfp4
+from longlive.quant.weight_cache import QuantizedWeightCache
 from longlive_plugins.quant_te.recipe import OperandRule, OperandRules
 
 
@@ -96,7 +97,7 @@ class TEEmulatedLinear(nn.Module):
         self.quant_format = quant_format  # the QuantFormat that made it (cast, refresh, packed state)
         self.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
         self.bias = nn.Parameter(bias, requires_grad=bias.requires_grad) if bias is not None else None
-        self._cache: dict[str, tuple[Any, nvfp4.NVFP4Tensor]] = {}  # "w" | "w_t" -> (weight version, Q)
+        self._cache = QuantizedWeightCache()  # "w" | "w_t" -> Q of the master weight
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, rules: OperandRules, quant_format: Any) -> "TEEmulatedLinear":
@@ -113,12 +114,7 @@ class TEEmulatedLinear(nn.Module):
         return self._cached("w_t", lambda w: w.t().contiguous())
 
     def _cached(self, name: str, view: Any) -> nvfp4.NVFP4Tensor:
-        w = self.weight
-        version = (w._version, w.data_ptr(), w.device, w.dtype)
-        hit = self._cache.get(name)
-        if hit is None or hit[0] != version:
-            hit = self._cache[name] = (version, nvfp4.quantize(view(w.detach()), **self.rules.weight.quantize_kwargs()))
-        return hit[1]
+        return self._cache.get(name, self.weight, lambda w: nvfp4.quantize(view(w), **self.rules.weight.quantize_kwargs()))
 
     def refresh(self) -> None:
         """The master weight changed (an optimizer step): drop the cached quantized copies."""

@@ -135,7 +135,7 @@ def test_quantized_weight_follows_optimizer_steps_and_refresh_drops_it():
     opt.step()
     assert not torch.equal(layer.quantized_weight()[0].float(), before)  # new weight version -> re-quantized
     refresh_model(nn.Sequential(layer))
-    assert layer._cache is None
+    assert not layer._cache
 
 
 def test_debug_dit_emulated_stays_close_and_packed_state_round_trips(tiny_model, tmp_path):

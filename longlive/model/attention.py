@@ -68,23 +68,30 @@ class BlockCausalMask:
 
 @attrs.frozen
 class TeacherForcingMask:
-    """Teacher forcing over [clean ; noisy], each half `frames` latent frames long.
+    """Teacher forcing over a clean and a noisy copy of a video of `frames` latent frames.
 
     clean -> clean: block-causal. noisy block i -> clean blocks < i and noisy block i.
     Clean tokens never see noisy ones.
+
+    Token order: `slices` equal temporal slices, each [clean slice ; noisy slice], one after the
+    other. slices = 1 is [clean ; noisy] (one device, and naive sequence parallelism, whose
+    contiguous pieces of [clean ; noisy] gather back to it); slices = sp is Balanced SP's
+    natural interleaved order [clean_0 ; noisy_0 ; clean_1 ; noisy_1 ; ...] after the Ulysses
+    all-to-all, where rank r holds frames [r F/sp, (r+1) F/sp) of both copies.
     """
 
     frames: int
     tokens_per_frame: int
     frames_per_block: int
+    slices: int = 1
 
     def __call__(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        half = self.frames * self.tokens_per_frame
+        half = self.frames * self.tokens_per_frame // self.slices  # tokens of one copy of one slice
         block_tokens = self.frames_per_block * self.tokens_per_frame
-        q_clean = q_idx < half
-        kv_clean = kv_idx < half
-        q_block = torch.where(q_clean, q_idx, q_idx - half) // block_tokens
-        kv_block = torch.where(kv_clean, kv_idx, kv_idx - half) // block_tokens
+        q_clean = q_idx % (2 * half) < half
+        kv_clean = kv_idx % (2 * half) < half
+        q_block = (q_idx // (2 * half) * half + q_idx % half) // block_tokens  # video token -> block
+        kv_block = (kv_idx // (2 * half) * half + kv_idx % half) // block_tokens
         clean_rows = q_clean & kv_clean & (kv_block <= q_block)
         noisy_rows = ~q_clean & ((kv_clean & (kv_block < q_block)) | (~kv_clean & (kv_block == q_block)))
         return clean_rows | noisy_rows
@@ -106,13 +113,16 @@ def block_causal_mask(
     return BlockCausalMask(frames, tokens_per_frame, frames_per_block, window_frames)
 
 
-def teacher_forcing_mask(frames: int, tokens_per_frame: int, frames_per_block: int) -> TeacherForcingMask:
-    """The teacher-forcing mask over [clean ; noisy] (see TeacherForcingMask)."""
+def teacher_forcing_mask(frames: int, tokens_per_frame: int, frames_per_block: int,
+                         slices: int = 1) -> TeacherForcingMask:
+    """The teacher-forcing mask over [clean ; noisy], or `slices` interleaved slices of it (see TeacherForcingMask)."""
     if frames_per_block <= 0 or frames % frames_per_block:
         raise ConfigError(
             f"frames_per_block={frames_per_block} must divide the {frames} latent frames of the video"
         )
-    return TeacherForcingMask(frames, tokens_per_frame, frames_per_block)
+    if slices <= 0 or frames % slices:
+        raise ConfigError(f"{slices} teacher-forcing slices do not divide the {frames} latent frames of the video")
+    return TeacherForcingMask(frames, tokens_per_frame, frames_per_block, slices)
 
 
 def dense_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: torch.device | str | None = None) -> torch.Tensor:

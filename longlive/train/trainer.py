@@ -113,8 +113,9 @@ class Trainer:
         self.text = build_text_encoder(run)
         self.encoder = BatchEncoder(self.codec, self.text, device=run.device, dtype=run.dtype,
                                     cache=cfg.cache_latents, caption_dropout=cfg.caption_dropout)
+        # the dp rank selects the data: the sp ranks of a group draw the same samples (longlive/parallel.py)
         self.stream = DataStream(len(self.dataset), batch_size=cfg.batch_size, seed=run.experiment.run.seed,
-                                 rank=self.info.rank, world_size=self.info.world_size)
+                                 rank=run.mesh.dp_rank, world_size=run.mesh.dp)
 
     def _build_model(self) -> None:
         run, cfg = self.run, self.config
@@ -162,7 +163,8 @@ class Trainer:
             with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(self.model):
                     loss, metrics = self.objective(self.entry, batch, self.generator)
-                (loss / cfg.grad_accum).backward()
+                # under SP the loss is this rank's share; DDP averages over dp x sp ranks, so x sp sums the shares
+                (loss * self.run.mesh.sp / cfg.grad_accum).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -180,7 +182,7 @@ class Trainer:
         pt, ph, pw = self.model.config.patch
         f, h, w = latents.shape[2:]
         halves = 2 if self.config.mode == "teacher_forcing" else 1
-        self._tokens += halves * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.info.world_size
+        self._tokens += halves * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.run.mesh.dp
 
     # ---- the loop ---------------------------------------------------------------------------
 

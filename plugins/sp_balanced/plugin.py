@@ -3,7 +3,8 @@
 Hooks: `longlive_make_sequence_layout` (UlyssesLayout when the run's mesh has sp > 1, else the
 core's single-device layout), `longlive_parallelize_model` (the model fits the layout),
 `longlive_chunk_done` (bytes its collectives sent for the chunk, logged) and `longlive_run_end`
-(the totals in the run's result). Training under SP is part 2 (issue #18).
+(the totals in the run's result). For run.task = "train" the layout also splits teacher forcing
+(teacher.py: Balanced SP, or the naive baseline).
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class SPBalancedConfig:
     # How K and V cross the all-to-all: "activation" (the model's dtype: output equals one device)
     # or "fp8" (E4M3 + an FP32 scale per token and head: fewer bytes, rounded K/V; inference only).
     kv_exchange: str = attrs.field(default="activation", validator=one_of(("activation", "fp8")))
+    # How teacher-forcing training splits [clean ; noisy] over the SP group: "balanced" (rank r holds
+    # the clean and noisy copies of its temporal slice) or "naive" (contiguous pieces; the baseline).
+    training_layout: str = attrs.field(default="balanced", validator=one_of(("balanced", "naive")))
 
 
 class SPBalanced:
@@ -51,10 +55,14 @@ class SPBalanced:
 
     @hookimpl
     def longlive_configure(self, experiment: Experiment) -> None:
-        if experiment.parallel.sp > 1 and experiment.run.task == "train":
-            raise ConfigError(f"parallel.sp={experiment.parallel.sp} with run.task = \"train\": sp_balanced runs "
-                              "sequence parallelism for generate and bench (training under SP is issue #18); "
-                              "set parallel.sp = 1 to train data-parallel")
+        if experiment.parallel.sp > 1 and experiment.run.task == "train" and self.config.kv_exchange != "activation":
+            raise ConfigError(f"plugins.sp_balanced.kv_exchange = {self.config.kv_exchange!r} with run.task = "
+                              "\"train\": the FP8 exchange has no gradient; use kv_exchange = \"activation\"")
+        train = experiment.train if experiment.run.task == "train" else None
+        if experiment.parallel.sp > 1 and isinstance(train, dict) and train.get("eval_every", 0):
+            raise ConfigError(f"train.eval_every = {train['eval_every']} with parallel.sp = {experiment.parallel.sp}: "
+                              "evaluation runs on rank 0 alone, outside the SP group; set train.eval_every = 0 and "
+                              "evaluate the exported weights with `longlive run` afterwards")
 
     @hookimpl
     def longlive_make_sequence_layout(self, mesh: ParallelMesh, run: RunContext) -> UlyssesLayout | None:
@@ -63,6 +71,15 @@ class SPBalanced:
         from longlive_plugins.sp_balanced.ulysses import UlyssesLayout
 
         geometry, preset = run.geometry, run.preset
+        if run.experiment.run.task == "train":
+            from longlive_plugins.sp_balanced.teacher import TeacherForcingUlysses
+
+            layout = TeacherForcingUlysses(mesh, training_layout=self.config.training_layout)
+            layout.check(num_heads=preset.num_heads, chunk_tokens=geometry.chunk_tokens)
+            log.info("sp_balanced: %s teacher-forcing layout, sp %d (rank %d of the group), %d of %d heads per rank",
+                     self.config.training_layout, mesh.sp, mesh.sp_rank, preset.num_heads // mesh.sp,
+                     preset.num_heads)
+            return layout
         layout = UlyssesLayout(mesh, kv_exchange=self.config.kv_exchange)
         layout.check(num_heads=preset.num_heads, chunk_tokens=geometry.chunk_tokens)
         log.info("sp_balanced: Ulysses layout, sp %d (rank %d of the group): %d of %d tokens and %d of %d heads "

@@ -31,6 +31,7 @@ import math
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from longlive.cache import ChunkKV
 from longlive.errors import ConfigError
@@ -76,6 +77,9 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = WanHead(config)
+        # Activation checkpointing of the blocks in training (when autograd records): each block's
+        # activations are recomputed in the backward; only its input is kept. Set by the caller.
+        self.checkpoint_blocks = False
         self.init_weights()
 
     @torch.no_grad()
@@ -214,9 +218,14 @@ class WanDiT(nn.Module):
     def _blocks(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, *,
                 rope: tuple[torch.Tensor, torch.Tensor], mask, kv: ChunkKV | None, segments: int,
                 layout: SequenceLayout | None = None) -> torch.Tensor:
+        recompute = self.checkpoint_blocks and kv is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, e0, context, rope=rope, attention=self.attention, mask=mask, kv=kv, layer=i,
-                      segments=segments, dtype=self.dtype, layout=layout)
+            kwargs = dict(rope=rope, attention=self.attention, mask=mask, kv=kv, layer=i, segments=segments,
+                          dtype=self.dtype, layout=layout)
+            if recompute:  # the recompute repeats the block's collectives in the same order on every rank
+                x = checkpoint(block, x, e0, context, use_reentrant=False, **kwargs)
+            else:
+                x = block(x, e0, context, **kwargs)
         return x
 
     # ---- Entry points -------------------------------------------------------------------------

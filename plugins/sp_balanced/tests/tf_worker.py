@@ -2,6 +2,7 @@
 against one device, for the balanced and the naive training layout.
 
 Usage: python -m torch.distributed.run --standalone --nproc_per_node=N tf_worker.py OUT.json LAYOUT...
+(LAYOUT: balanced | naive, optionally +ckpt: the SP model checkpoints its blocks' activations)
 Every rank builds the same `small` DiT (fp32, sdpa, CPU) and the same batch; rank 0 writes OUT.json:
     {layout: {"loss_ref", "loss_sp", "max_grad_diff", "max_grad_ref", "grads_compared",
               "loss_tokens_per_rank": [...], "tokens_per_rank": [...], "max_param_diff_after_steps",
@@ -60,11 +61,13 @@ def _grads(model, objective, batch, group) -> tuple[float, list[torch.Tensor]]:
     return float(metrics["loss"]), grads
 
 
-def compare(layout_name: str, mesh) -> dict:
+def compare(name: str, mesh) -> dict:
+    """`name`: a training layout, "+ckpt" for activation checkpointing of the SP model's blocks."""
     from longlive_plugins.sp_balanced.teacher import TeacherForcingUlysses
 
-    layout = TeacherForcingUlysses(mesh, training_layout=layout_name)
+    layout = TeacherForcingUlysses(mesh, training_layout=name.split("+")[0])
     ref_model, sp_model = _model(), _model()
+    sp_model.checkpoint_blocks = name.endswith("+ckpt")
     ref_obj, sp_obj = _objective(None), _objective(layout)
     batch = _batch(0)
     loss_ref, grads_ref = _grads(ref_model, ref_obj, batch, None)

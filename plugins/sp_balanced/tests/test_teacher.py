@@ -65,3 +65,22 @@ def test_splits():
         balanced_split(6, 4, 0)
     with pytest.raises(ConfigError, match="train.num_frames"):
         naive_split(5, 4, 0)
+
+
+def test_mask_pairs_count_the_mask():
+    from longlive_plugins.sp_balanced.costs import mask_pairs
+
+    frames, tpf, fpb = 6, 3, 2
+    dense = dense_mask(teacher_forcing_mask(frames, tpf, fpb, 3), 2 * frames * tpf, 2 * frames * tpf)
+    assert int(dense.sum()) == mask_pairs(frames, tpf, fpb)
+
+
+def test_costs_per_rank_balanced_vs_naive():
+    from longlive_plugins.sp_balanced.costs import rank_costs
+
+    geometry = dict(frames=8, tokens_per_frame=4, frames_per_block=2, layers=2, dim=8, ffn_dim=16, heads=4,
+                    head_dim=2, text_len=3, out_channels=5, vae_latents=[0] * 4)
+    balanced = rank_costs([balanced_split(8, 4, r) for r in range(4)], **geometry)
+    naive = rank_costs([naive_split(8, 4, r) for r in range(4)], **geometry)
+    assert [c.loss_tokens for c in balanced] == [8] * 4 and [c.loss_tokens for c in naive] == [0, 0, 16, 16]
+    assert {c.gemm_flops for c in balanced + naive} == {balanced[0].gemm_flops}  # Ulysses: equal GEMM work

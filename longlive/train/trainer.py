@@ -123,6 +123,7 @@ class Trainer:
         model = cast_model(build_model(run, role="generator", training=True, checkpoint=init, where="train.init_from",
                                        dtype=torch.float32), torch.float32).train()
         self.adapters = has_adapters(model)
+        model.checkpoint_blocks = cfg.checkpoint_blocks
         if not any(p.requires_grad for p in model.parameters()):  # no adapters: train everything
             model.requires_grad_(True)
         self.model = model

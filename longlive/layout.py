@@ -118,6 +118,10 @@ class TeacherForcingLayout(SequenceLayout, Protocol):
     def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Elementwise sum of `x` over the SP group (a new tensor, no gradient; identical on every rank)."""
 
+    def encode_video(self, codec: Any, video: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, F, h, w] of pixels [B, 3, T, H, W] for training: at least the frames this
+        rank's `teacher_split` reads are the codec's (a layout may leave the others zero)."""
+
 
 @attrs.define
 class Traffic:
@@ -209,6 +213,9 @@ class SingleDeviceLayout:
 
     def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach().clone()
+
+    def encode_video(self, codec: Any, video: torch.Tensor) -> torch.Tensor:
+        return codec.encode(video)
 
     def take_traffic(self) -> dict:
         return attrs.asdict(Traffic())

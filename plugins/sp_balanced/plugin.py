@@ -15,7 +15,7 @@ import attrs
 
 from longlive.errors import ConfigError
 from longlive.registry import hookimpl
-from longlive.structure import one_of
+from longlive.structure import in_range, one_of
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +40,11 @@ class SPBalancedConfig:
     # How teacher-forcing training splits [clean ; noisy] over the SP group: "balanced" (rank r holds
     # the clean and noisy copies of its temporal slice) or "naive" (contiguous pieces; the baseline).
     training_layout: str = attrs.field(default="balanced", validator=one_of(("balanced", "naive")))
+    # How a Balanced rank VAE-encodes its training sample: "halo" (its latent frames plus a left halo
+    # of vae_halo latents, LongLive's 28; exact for the toy codec, approximate for the Wan2.2 VAE:
+    # docs/parallel.md) or "whole" (the whole video, exact).
+    vae_encode: str = attrs.field(default="halo", validator=one_of(("halo", "whole")))
+    vae_halo: int = attrs.field(default=28, validator=in_range(0, 100_000))
 
 
 class SPBalanced:
@@ -74,7 +79,9 @@ class SPBalanced:
         if run.experiment.run.task == "train":
             from longlive_plugins.sp_balanced.teacher import TeacherForcingUlysses
 
-            layout = TeacherForcingUlysses(mesh, training_layout=self.config.training_layout)
+            halo = self.config.vae_halo if self.config.vae_encode == "halo" else None
+            layout = TeacherForcingUlysses(mesh, training_layout=self.config.training_layout, vae_halo=halo,
+                                           temporal_stride=run.codec_spec.temporal_stride)
             layout.check(num_heads=preset.num_heads, chunk_tokens=geometry.chunk_tokens)
             log.info("sp_balanced: %s teacher-forcing layout, sp %d (rank %d of the group), %d of %d heads per rank",
                      self.config.training_layout, mesh.sp, mesh.sp_rank, preset.num_heads // mesh.sp,

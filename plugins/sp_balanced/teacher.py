@@ -17,8 +17,14 @@ Both give the single-device loss and gradients (the tests check it): RoPE rows o
 indices, per-frame timesteps and per-chunk prompts of the rank's frames, the loss of the rank's
 noisy frames normalised by the global count of loss-bearing frames (the objective), the
 replicated parameters' gradients summed over the SP group (the trainer's DDP).
+
+Encoding (`encode_video`, the trainer's BatchEncoder): a Balanced rank encodes only its latent frames
+plus a left halo (halo.py; exact for the toy codec, approximate for the Wan2.2 VAE); naive ranks,
+and `vae_encode = "whole"`, encode the whole sample.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,6 +32,7 @@ import torch.distributed as dist
 from longlive.errors import ConfigError
 from longlive.layout import TeacherSplit
 from longlive.parallel import ParallelMesh
+from longlive_plugins.sp_balanced.halo import encode_with_halo
 from longlive_plugins.sp_balanced.ulysses import UlyssesLayout
 
 TRAINING_LAYOUTS = ("balanced", "naive")
@@ -56,12 +63,15 @@ def naive_split(frames: int, sp: int, rank: int) -> TeacherSplit:
 class TeacherForcingUlysses(UlyssesLayout):
     """UlyssesLayout that also splits teacher-forcing training (`training_layout`: balanced | naive)."""
 
-    def __init__(self, mesh: ParallelMesh, *, training_layout: str = "balanced", kv_exchange: str = "activation") -> None:
+    def __init__(self, mesh: ParallelMesh, *, training_layout: str = "balanced", kv_exchange: str = "activation",
+                 vae_halo: int | None = None, temporal_stride: int = 4) -> None:
         if training_layout not in TRAINING_LAYOUTS:
             raise ValueError(f"training_layout={training_layout!r} is not one of {TRAINING_LAYOUTS}")
         super().__init__(mesh, kv_exchange=kv_exchange)
         self.training_layout = training_layout
         self.name = f"ulysses_{training_layout}"
+        # Balanced: encode the rank's latents plus a left halo of `vae_halo` latents (None: the whole video)
+        self.vae_halo, self.temporal_stride = vae_halo, temporal_stride
 
     def teacher_split(self, frames: int, frames_per_block: int) -> TeacherSplit:
         split = balanced_split if self.training_layout == "balanced" else naive_split
@@ -74,5 +84,22 @@ class TeacherForcingUlysses(UlyssesLayout):
         dist.all_reduce(out, group=self.group)
         return out
 
+    def encode_video(self, codec: Any, video: torch.Tensor) -> torch.Tensor:
+        """Balanced with a halo: only this rank's latent frames, encoded from its pixel window plus the
+        halo (halo.py), the others left zero (its `teacher_split` never reads them); else the whole video."""
+        if self.training_layout != "balanced" or self.vae_halo is None:
+            return codec.encode(video)
+        stride, pixels = self.temporal_stride, video.shape[2]
+        if (pixels - 1) % stride:
+            raise ConfigError(f"sp_balanced halo encode: {pixels} pixel frames are not 1 + {stride} k; check "
+                              "train.num_frames against the codec")
+        frames = 1 + (pixels - 1) // stride
+        split = balanced_split(frames, self.sp, self.sp_rank)
+        start, end = split.noisy_start, split.noisy_start + split.noisy_frames
+        part = encode_with_halo(codec, video, start, end, self.vae_halo, stride)  # [B, C, end - start, h, w]
+        latents = part.new_zeros(*part.shape[:2], frames, *part.shape[3:])
+        latents[:, :, start:end] = part
+        return latents
+
     def describe(self) -> dict:
-        return {**super().describe(), "training_layout": self.training_layout}
+        return {**super().describe(), "training_layout": self.training_layout, "vae_halo": self.vae_halo}

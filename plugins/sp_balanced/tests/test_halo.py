@@ -44,3 +44,42 @@ def test_wan_vae_error_falls_with_the_halo():
     assert errors[-1] == 0.0 or errors[-1] < errors[0] / 10, errors  # halo 6 reaches latent 0: the whole encode
     assert errors[0] > 0  # without a halo the causal history is missing
     assert torch.equal(encode_with_halo(vae, video, 0, 2, 0, 4), whole[:, :, :2])  # rank 0 needs none
+
+
+class _CountingCodec:
+    """The toy codec, recording how many pixel frames each encode call received."""
+
+    def __init__(self, codec) -> None:
+        self.codec, self.calls = codec, []
+
+    def encode(self, video):
+        self.calls.append(video.shape[2])
+        return self.codec.encode(video)
+
+
+@pytest.mark.parametrize("tau", [1, 4])
+def test_balanced_layout_encodes_its_slice_with_the_halo(tau):
+    """TeacherForcingUlysses.encode_video (the trainer's encode): a rank's frames exact for the toy codec,
+    the rest zero, the codec given only the halo window; naive and vae_encode = "whole" encode everything."""
+    from longlive.parallel import ParallelMesh
+    from longlive_plugins.sp_balanced.teacher import TeacherForcingUlysses
+    from longlive_plugins.toyworld.codec import PatchCodec
+
+    frames, sp = 8, 4
+    video = torch.rand(1, 3, 1 + tau * (frames - 1), 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    whole = PatchCodec(spatial_factor=2, temporal_factor=tau).encode(video)
+    for rank in range(sp):
+        mesh = ParallelMesh(world=sp, rank=rank, sp=sp)  # no process group: encode_video sends nothing
+        codec = _CountingCodec(PatchCodec(spatial_factor=2, temporal_factor=tau))
+        layout = TeacherForcingUlysses(mesh, vae_halo=1, temporal_stride=tau)
+        latents = layout.encode_video(codec, video)
+        mine = slice(2 * rank, 2 * rank + 2)
+        assert torch.equal(latents[:, :, mine], whole[:, :, mine])
+        outside = torch.ones(frames, dtype=torch.bool)
+        outside[mine] = False
+        assert not latents[:, :, outside].any()  # zero elsewhere
+        window = halo_window(2 * rank, 2 * rank + 2, 1, tau)
+        assert codec.calls == [window.pixel_end - window.pixel_start] and window.encoded_latents <= 4
+        for other in (TeacherForcingUlysses(mesh, training_layout="naive", vae_halo=1, temporal_stride=tau),
+                      TeacherForcingUlysses(mesh, vae_halo=None, temporal_stride=tau)):
+            assert torch.equal(other.encode_video(codec, video), whole)

@@ -6,14 +6,10 @@ with a batch of 4 (the stream hands out global batches in order), so their losse
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from longlive.train.trainer import run_training
-from toy_setup import make_toy_run, toy_table
+from toy_setup import make_toy_run, torchrun, toy_table
 
 HERE = Path(__file__).parent
 STEPS, PER_RANK, ACCUM = 4, 1, 2
@@ -21,20 +17,7 @@ STEPS, PER_RANK, ACCUM = 4, 1, 2
 
 def test_two_rank_gloo_matches_single_process(toy_shards, tmp_path):
     out = tmp_path / "ddp.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "ddp_worker.py"), toy_shards, str(out), str(PER_RANK), str(ACCUM), str(STEPS)]
-    # Its own process group, killed whole on a timeout: the ranks must never outlive the test.
-    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun([str(HERE / "ddp_worker.py"), toy_shards, str(out), str(PER_RANK), str(ACCUM), str(STEPS)], cwd=HERE)
     ddp = json.loads(out.read_text())
     assert ddp["world_size"] == 2
     assert ddp["max_param_diff"] == 0.0  # DDP keeps the replicas bit-identical

@@ -7,34 +7,19 @@ same weights), and the two ranks stay bit-identical.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from longlive.train.trainer import run_training
-from toy_setup import make_toy_run, toy_table
+from toy_setup import make_toy_run, torchrun, toy_table
 
 HERE = Path(__file__).parent
 STEPS, BATCH, ACCUM = 4, 2, 1
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun(args, cwd=HERE, nproc=nproc)
 
 
 @pytest.fixture(scope="module")

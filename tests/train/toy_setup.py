@@ -1,6 +1,10 @@
 """Helpers of the training tests: tiny toy-world shards and a CPU training run of the debug DiT."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from longlive.registry import hookimpl
@@ -58,3 +62,21 @@ class LossLog:
             if step == self.stop_at:
                 raise KeyboardInterrupt(f"simulated interruption at step {step}")
 
+
+
+def torchrun(args: list[str], *, cwd: Path, nproc: int = 2, timeout: int = 300) -> None:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=nproc ARGS` (CPU, gloo), asserting success.
+
+    Its own process group, killed whole on a timeout: the ranks must never outlive the test."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]

@@ -84,3 +84,18 @@ def test_costs_per_rank_balanced_vs_naive():
     naive = rank_costs([naive_split(8, 4, r) for r in range(4)], **geometry)
     assert [c.loss_tokens for c in balanced] == [8] * 4 and [c.loss_tokens for c in naive] == [0, 0, 16, 16]
     assert {c.gemm_flops for c in balanced + naive} == {balanced[0].gemm_flops}  # Ulysses: equal GEMM work
+
+
+def test_flex_blocks_equal_in_both_orders_when_chunks_fill_blocks():
+    """Chunks of whole 128-token blocks (as at the 5B: 7,040 = 55 x 128): no partial block in either
+    order and the same number of full blocks, so flex does the same work for balanced and naive."""
+    from longlive.model.attention import build_block_mask
+
+    frames, tpf, fpb = 8, 64, 2  # chunk = 128 tokens
+    length = 2 * frames * tpf
+    counts = []
+    for slices in (1, 4):
+        block_mask = build_block_mask(teacher_forcing_mask(frames, tpf, fpb, slices), length, length, "cpu")
+        assert int(block_mask.kv_num_blocks.sum()) == 0  # partial blocks
+        counts.append(int(block_mask.full_kv_num_blocks.sum()))
+    assert counts[0] == counts[1] > 0

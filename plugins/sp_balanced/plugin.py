@@ -64,10 +64,23 @@ class SPBalanced:
             raise ConfigError(f"plugins.sp_balanced.kv_exchange = {self.config.kv_exchange!r} with run.task = "
                               "\"train\": the FP8 exchange has no gradient; use kv_exchange = \"activation\"")
         train = experiment.train if experiment.run.task == "train" else None
+        if experiment.parallel.sp > 1 and isinstance(train, dict):
+            self._check_training_frames(experiment.parallel.sp, int(train.get("num_frames", 16)),
+                                        experiment.sampler.frames_per_chunk)
         if experiment.parallel.sp > 1 and isinstance(train, dict) and train.get("eval_every", 0):
             raise ConfigError(f"train.eval_every = {train['eval_every']} with parallel.sp = {experiment.parallel.sp}: "
                               "evaluation runs on rank 0 alone, outside the SP group; set train.eval_every = 0 and "
                               "evaluate the exported weights with `longlive run` afterwards")
+
+    def _check_training_frames(self, sp: int, frames: int, frames_per_chunk: int) -> None:
+        """Each rank's frames must be whole chunks (one prompt per chunk); one line naming the fix."""
+        held = frames // sp if self.config.training_layout == "balanced" else 2 * frames // sp
+        total = frames if self.config.training_layout == "balanced" else 2 * frames
+        if total % sp or held % frames_per_chunk:
+            step = sp * frames_per_chunk // (1 if self.config.training_layout == "balanced" else 2)
+            raise ConfigError(f"train.num_frames={frames}: with parallel.sp={sp} and training_layout = "
+                              f"\"{self.config.training_layout}\" each rank must hold whole chunks of "
+                              f"sampler.frames_per_chunk={frames_per_chunk} latent frames; use a multiple of {step}")
 
     @hookimpl
     def longlive_make_sequence_layout(self, mesh: ParallelMesh, run: RunContext) -> UlyssesLayout | None:

@@ -145,6 +145,11 @@ def test_training_under_sp_refuses_fp8_exchange_and_evaluation():
     table["train"]["eval_every"] = 5
     with pytest.raises(ConfigError, match="eval_every"):
         check_experiment(experiment_from_table(table))
+    table["train"] = {"data": "unused/*.tar", "num_frames": 6}  # 3 frames per rank: not whole chunks of 2
+    with pytest.raises(ConfigError, match="train.num_frames=6.*multiple of 4"):
+        check_experiment(experiment_from_table(table))
+    table["plugins"] = {"sp_balanced": {"training_layout": "naive"}}  # pieces of 6 frames: whole chunks
+    check_experiment(experiment_from_table(table))
 
 
 def test_world_size_not_a_multiple_of_sp(monkeypatch):

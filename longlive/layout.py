@@ -86,6 +86,43 @@ class SequenceLayout(Protocol):
         """What the run record keeps about the layout."""
 
 
+@attrs.frozen
+class TeacherSplit:
+    """The latent frames of the clean and of the noisy copy of a video one rank holds in teacher forcing.
+
+    The rank's sequence is [clean frames [clean_start, +clean_frames) ; noisy frames
+    [noisy_start, +noisy_frames)]; the ranks' sequences, concatenated by rank, form the order the
+    teacher-forcing mask of `mask_slices` slices describes (longlive/model/attention.py). Every
+    rank holds the same number of frames (the all-to-all needs equal pieces).
+    """
+
+    clean_start: int
+    clean_frames: int
+    noisy_start: int
+    noisy_frames: int
+    mask_slices: int = 1
+
+    @property
+    def loss_frames(self) -> int:
+        """Frames whose prediction (and loss) this rank computes: its noisy frames."""
+        return self.noisy_frames
+
+
+@runtime_checkable
+class TeacherForcingLayout(SequenceLayout, Protocol):
+    """A sequence layout that can also split teacher-forcing training's [clean ; noisy] sequence."""
+
+    def teacher_split(self, frames: int, frames_per_block: int) -> TeacherSplit:
+        """This rank's part of a video of `frames` latent frames (ConfigError if it does not split)."""
+
+    def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum of `x` over the SP group (a new tensor, no gradient; identical on every rank)."""
+
+    def encode_video(self, codec: Any, video: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, F, h, w] of pixels [B, 3, T, H, W] for training: at least the frames this
+        rank's `teacher_split` reads are the codec's (a layout may leave the others zero)."""
+
+
 @attrs.define
 class Traffic:
     """Bytes this rank sent to other ranks, computed from the shapes of what the collectives move.
@@ -170,6 +207,15 @@ class SingleDeviceLayout:
 
     def agree(self, value: Any) -> Any:
         return value
+
+    def teacher_split(self, frames: int, frames_per_block: int) -> TeacherSplit:
+        return TeacherSplit(0, frames, 0, frames)
+
+    def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().clone()
+
+    def encode_video(self, codec: Any, video: torch.Tensor) -> torch.Tensor:
+        return codec.encode(video)
 
     def take_traffic(self) -> dict:
         return attrs.asdict(Traffic())

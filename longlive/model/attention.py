@@ -68,23 +68,30 @@ class BlockCausalMask:
 
 @attrs.frozen
 class TeacherForcingMask:
-    """Teacher forcing over [clean ; noisy], each half `frames` latent frames long.
+    """Teacher forcing over a clean and a noisy copy of a video of `frames` latent frames.
 
     clean -> clean: block-causal. noisy block i -> clean blocks < i and noisy block i.
     Clean tokens never see noisy ones.
+
+    Token order: `slices` equal temporal slices, each [clean slice ; noisy slice], one after the
+    other. slices = 1 is [clean ; noisy] (one device, and naive sequence parallelism, whose
+    contiguous pieces of [clean ; noisy] gather back to it); slices = sp is Balanced SP's
+    natural interleaved order [clean_0 ; noisy_0 ; clean_1 ; noisy_1 ; ...] after the Ulysses
+    all-to-all, where rank r holds frames [r F/sp, (r+1) F/sp) of both copies.
     """
 
     frames: int
     tokens_per_frame: int
     frames_per_block: int
+    slices: int = 1
 
     def __call__(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        half = self.frames * self.tokens_per_frame
+        half = self.frames * self.tokens_per_frame // self.slices  # tokens of one copy of one slice
         block_tokens = self.frames_per_block * self.tokens_per_frame
-        q_clean = q_idx < half
-        kv_clean = kv_idx < half
-        q_block = torch.where(q_clean, q_idx, q_idx - half) // block_tokens
-        kv_block = torch.where(kv_clean, kv_idx, kv_idx - half) // block_tokens
+        q_clean = q_idx % (2 * half) < half
+        kv_clean = kv_idx % (2 * half) < half
+        q_block = (q_idx // (2 * half) * half + q_idx % half) // block_tokens  # video token -> block
+        kv_block = (kv_idx // (2 * half) * half + kv_idx % half) // block_tokens
         clean_rows = q_clean & kv_clean & (kv_block <= q_block)
         noisy_rows = ~q_clean & ((kv_clean & (kv_block < q_block)) | (~kv_clean & (kv_block == q_block)))
         return clean_rows | noisy_rows
@@ -106,13 +113,16 @@ def block_causal_mask(
     return BlockCausalMask(frames, tokens_per_frame, frames_per_block, window_frames)
 
 
-def teacher_forcing_mask(frames: int, tokens_per_frame: int, frames_per_block: int) -> TeacherForcingMask:
-    """The teacher-forcing mask over [clean ; noisy] (see TeacherForcingMask)."""
+def teacher_forcing_mask(frames: int, tokens_per_frame: int, frames_per_block: int,
+                         slices: int = 1) -> TeacherForcingMask:
+    """The teacher-forcing mask over [clean ; noisy], or `slices` interleaved slices of it (see TeacherForcingMask)."""
     if frames_per_block <= 0 or frames % frames_per_block:
         raise ConfigError(
             f"frames_per_block={frames_per_block} must divide the {frames} latent frames of the video"
         )
-    return TeacherForcingMask(frames, tokens_per_frame, frames_per_block)
+    if slices <= 0 or frames % slices:
+        raise ConfigError(f"{slices} teacher-forcing slices do not divide the {frames} latent frames of the video")
+    return TeacherForcingMask(frames, tokens_per_frame, frames_per_block, slices)
 
 
 def dense_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -121,6 +131,46 @@ def dense_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: torch.device 
     kv_idx = torch.arange(kv_len, device=device)[None, :]
     zero = torch.zeros((), dtype=torch.long, device=device)
     return mask_mod(zero, zero, q_idx, kv_idx).expand(q_len, kv_len)
+
+
+_DENSE_MASK_ELEMENTS = 2**28  # largest [rows, kv_len] boolean block evaluated at once by build_block_mask
+
+
+def build_block_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: torch.device | str,
+                     max_elements: int = _DENSE_MASK_ELEMENTS):
+    """FlexAttention's BlockMask of `mask_mod` (128 x 128 blocks), built in passes of query rows.
+
+    torch's `create_block_mask` evaluates the whole [q_len, kv_len] boolean mask at once: 28.5 GB
+    for teacher forcing of a 16-s 5B clip (2 x 96 x 880 tokens). Here each pass evaluates at most
+    `max_elements` of it (whole 128-row blocks), reduces them to the partial / full block tables,
+    and the tables are joined: the same BlockMask (tests/model/test_attention.py).
+    """
+    from torch.nn.attention import flex_attention as fa
+
+    if q_len * kv_len <= max_elements:
+        return fa.create_block_mask(mask_mod, None, None, q_len, kv_len, device=device)
+    block = fa._DEFAULT_SPARSE_BLOCK_SIZE
+    rows = max(block, max_elements // kv_len // block * block)
+    partial, full = [], []
+    for start in range(0, q_len, rows):
+        shifted = _ShiftedRows(mask_mod, start)
+        dense = fa.create_mask(shifted, 1, 1, min(rows, q_len - start), kv_len, device)
+        p, f = fa._convert_mask_to_block_mask(dense, block, block, separate_full_blocks=True)
+        partial.append(p)
+        full.append(f)
+    return fa._create_sparse_block_from_block_mask((torch.cat(partial, dim=2), torch.cat(full, dim=2)), mask_mod,
+                                                   (q_len, kv_len), block, block)
+
+
+@attrs.frozen
+class _ShiftedRows:
+    """`mask_mod` with query indices offset by `start` (one pass of build_block_mask)."""
+
+    mask_mod: MaskMod
+    start: int
+
+    def __call__(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return self.mask_mod(b, h, q_idx + self.start, kv_idx)
 
 
 # ---- Backend choice ------------------------------------------------------------------------
@@ -192,9 +242,7 @@ class AttentionKernel:
         key = (mask_mod, q_len, kv_len, str(device))
         block_mask = self._block_masks.get(key)
         if block_mask is None:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            block_mask = create_block_mask(mask_mod, None, None, q_len, kv_len, device=device)
+            block_mask = build_block_mask(mask_mod, q_len, kv_len, device)
             self._block_masks[key] = block_mask
             while len(self._block_masks) > _BLOCK_MASKS_KEPT:
                 self._block_masks.popitem(last=False)

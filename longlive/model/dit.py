@@ -31,10 +31,11 @@ import math
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from longlive.cache import ChunkKV
 from longlive.errors import ConfigError
-from longlive.layout import SequenceLayout
+from longlive.layout import SequenceLayout, TeacherForcingLayout
 from longlive.model.attention import AttentionKernel, MaskMod, resolve_backend, teacher_forcing_mask
 from longlive.model.blocks import RMSNorm, WanBlock, WanHead
 from longlive.model.presets import DiTConfig
@@ -76,6 +77,9 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = WanHead(config)
+        # Activation checkpointing of the blocks in training (when autograd records): each block's
+        # activations are recomputed in the backward; only its input is kept. Set by the caller.
+        self.checkpoint_blocks = False
         self.init_weights()
 
     @torch.no_grad()
@@ -214,9 +218,14 @@ class WanDiT(nn.Module):
     def _blocks(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, *,
                 rope: tuple[torch.Tensor, torch.Tensor], mask, kv: ChunkKV | None, segments: int,
                 layout: SequenceLayout | None = None) -> torch.Tensor:
+        recompute = self.checkpoint_blocks and kv is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, e0, context, rope=rope, attention=self.attention, mask=mask, kv=kv, layer=i,
-                      segments=segments, dtype=self.dtype, layout=layout)
+            kwargs = dict(rope=rope, attention=self.attention, mask=mask, kv=kv, layer=i, segments=segments,
+                          dtype=self.dtype, layout=layout)
+            if recompute:  # the recompute repeats the block's collectives in the same order on every rank
+                x = checkpoint(block, x, e0, context, use_reentrant=False, **kwargs)
+            else:
+                x = block(x, e0, context, **kwargs)
         return x
 
     # ---- Entry points -------------------------------------------------------------------------
@@ -274,22 +283,29 @@ class WanDiT(nn.Module):
 
     def forward_teacher(self, clean: torch.Tensor, noisy: torch.Tensor, t_noisy: torch.Tensor,
                         context: torch.Tensor, *, frames_per_block: int, t_clean: torch.Tensor | None = None,
-                        text_embedded: bool = False) -> torch.Tensor:
+                        text_embedded: bool = False, layout: TeacherForcingLayout | None = None) -> torch.Tensor:
         """Teacher forcing: predict the noisy video [B, C, F, H, W] given the clean one, block-causally.
 
         Noisy block i sees clean blocks < i and itself; clean frames see clean blocks <= their own.
         Clean and noisy halves share RoPE positions; the clean half is embedded at `t_clean`
         (default 0). Equals `forward_chunk` on each noisy chunk with the clean chunks before it
         committed to the cache.
+
+        Under a sequence-parallel `layout` (sp > 1) every rank passes the whole clean and noisy
+        video and computes only its part (`layout.teacher_split`, see `_forward_teacher_split`);
+        it returns the prediction of its noisy frames [B, C, split.noisy_frames, H, W].
         """
         if clean.shape != noisy.shape:
             raise ConfigError(f"teacher forcing needs clean and noisy of one shape; got {tuple(clean.shape)} "
                               f"and {tuple(noisy.shape)}")
         grid = self._grid(noisy)
         batch, frames, length = noisy.shape[0], grid[0], math.prod(grid)
-        tokens = torch.cat([self._patchify(clean), self._patchify(noisy)], dim=1)  # [B, 2L, dim]
         t_n = self._timesteps(t_noisy, batch, grid)
         t_c = self._timesteps(t_clean if t_clean is not None else torch.zeros_like(t_n), batch, grid)
+        if layout is not None and layout.sp > 1:
+            return self._forward_teacher_split(clean, noisy, t_c, t_n, self._context(context, text_embedded, frames),
+                                               grid=grid, frames_per_block=frames_per_block, layout=layout)
+        tokens = torch.cat([self._patchify(clean), self._patchify(noisy)], dim=1)  # [B, 2L, dim]
         groups = max(t_n.shape[1], t_c.shape[1])  # 1 | F | L, so both can be expanded to it
         t_all = torch.cat([t_c.repeat_interleave(groups // t_c.shape[1], dim=1),
                            t_n.repeat_interleave(groups // t_n.shape[1], dim=1)], dim=1)  # [B, 2N]
@@ -302,3 +318,48 @@ class WanDiT(nn.Module):
         h = self._blocks(tokens, e0, ctx, rope=rope, mask=mask, kv=None, segments=2)
         out = self.head(h[:, length:], e[:, groups:], self.dtype)  # the noisy half only
         return self._velocity(self._unpatchify(out, grid), noisy, t_n, grid)
+
+    def _forward_teacher_split(self, clean: torch.Tensor, noisy: torch.Tensor, t_c: torch.Tensor, t_n: torch.Tensor,
+                               ctx: torch.Tensor, *, grid: tuple[int, int, int], frames_per_block: int,
+                               layout: TeacherForcingLayout) -> torch.Tensor:
+        """This rank's part of teacher forcing: its sequence [clean frames ; noisy frames] of
+        `layout.teacher_split`, with their global RoPE rows, timesteps and per-chunk prompts;
+        self-attention exchanges heads for tokens (the layout's all-to-all) and attends under the
+        teacher-forcing mask of the gathered order. Returns the velocity of its noisy frames."""
+        frames, length = grid[0], math.prod(grid)
+        per_frame = length // frames
+        if self.config.patch[0] != 1:
+            raise ConfigError(f"sequence-parallel teacher forcing splits latent frames; DiT preset {self.config.name!r} "
+                              f"patches {self.config.patch[0]} frames per token (needs 1)")
+        split = layout.teacher_split(frames, frames_per_block)
+        parts = ((split.clean_start, split.clean_frames), (split.noisy_start, split.noisy_frames))
+        # timesteps per frame (or per token): both copies on one grouping, then this rank's groups
+        groups = length if length in (t_c.shape[1], t_n.shape[1]) else frames
+        t_c, t_n = (t.repeat_interleave(groups // t.shape[1], dim=1) for t in (t_c, t_n))
+        unit = groups // frames  # groups per frame
+        t_local = [t.narrow(1, start * unit, count * unit) for t, (start, count) in zip((t_c, t_n), parts)]
+        e, e0 = self._time(torch.cat(t_local, dim=1))
+        tokens = torch.cat([self._patchify(x.narrow(2, start, count)) for x, (start, count)
+                            in zip((clean, noisy), parts) if count], dim=1)  # [B, 2L/sp, dim]
+        cos, sin = self._rope(grid, 0, noisy.device)  # global frame indices
+        rope = tuple(torch.cat([table.narrow(0, start * per_frame, count * per_frame) for start, count in parts])
+                     for table in (cos, sin))
+        if ctx.ndim == 4:  # one prompt per chunk: the prompts of this rank's chunks, in its order
+            prompt_frames = frames // ctx.shape[1]
+            if any(v % prompt_frames for part in parts for v in part):
+                raise ConfigError(f"sequence-parallel teacher forcing: rank {layout.sp_rank}'s frames {parts} do not "
+                                  f"align with the {ctx.shape[1]} per-chunk prompts of {prompt_frames} frames; "
+                                  f"make train.num_frames a multiple of parallel.sp x sampler.frames_per_chunk")
+            ctx = torch.cat([ctx.narrow(1, start // prompt_frames, count // prompt_frames) for start, count in parts],
+                            dim=1)
+        mask_mod = teacher_forcing_mask(frames, per_frame, frames_per_block, split.mask_slices)
+        mask = self.attention.prepare_mask(mask_mod, 2 * length, 2 * length, noisy.device)
+        h = self._blocks(tokens, e0, ctx, rope=rope, mask=mask, kv=None, segments=1, layout=layout)
+        if split.noisy_frames == 0:  # naive SP: a rank of clean frames only predicts nothing; the head
+            # still runs (weight 0) so every parameter gets a gradient on every rank, as DDP requires
+            tie = self.head(h[:, :per_frame], e[:, :unit], self.dtype).sum() * 0.0
+            return noisy.new_zeros((noisy.shape[0], self.config.out_channels, 0, *noisy.shape[3:])) + tie
+        noisy_grid = (split.noisy_frames, *grid[1:])
+        out = self.head(h[:, split.clean_frames * per_frame:], e[:, split.clean_frames * unit:], self.dtype)
+        return self._velocity(self._unpatchify(out, noisy_grid), noisy.narrow(2, split.noisy_start, split.noisy_frames),
+                              t_local[1], noisy_grid)

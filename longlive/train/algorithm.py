@@ -201,9 +201,12 @@ class TrainingAlgorithm(Protocol):
 
 def trained_model(context: TrainingContext, role: str, *, checkpoint: str | None, where: str) -> nn.Module:
     """Build `role` for training: FP32 master weights, the frozen base quantized and BF16/FP32
-    adapters attached when train.lora_rank > 0 (longlive/assembly.py), in train mode."""
-    return cast_model(build_model(context.run, role=role, training=True, checkpoint=checkpoint, where=where,
-                                  dtype=torch.float32), torch.float32).train()
+    adapters attached when train.lora_rank > 0 (longlive/assembly.py), in train mode, with
+    activation checkpointing of its blocks when train.checkpoint_blocks."""
+    model = cast_model(build_model(context.run, role=role, training=True, checkpoint=checkpoint, where=where,
+                                   dtype=torch.float32), torch.float32).train()
+    model.checkpoint_blocks = context.config.checkpoint_blocks
+    return model
 
 
 def trained_network(context: TrainingContext, name: str, role: str, *, lr: float, checkpoint: str | None,

@@ -66,6 +66,9 @@ class TrainConfig:
     # first when [quant] names a format) and trains adapters only; checkpoints and export hold them only.
     lora_rank: int = attrs.field(default=0, validator=in_range(0, 4096))
     lora_alpha: float | None = attrs.field(default=None, validator=optional(in_range(1e-6, 1e6)))  # None: lora_rank
+    # Activation checkpointing: keep only each DiT block's input, recompute the block in the backward
+    # (long clips: a 16-s 5B sample holds 2 x 84,480 tokens; WanDiT.checkpoint_blocks).
+    checkpoint_blocks: bool = False
     # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())
 

@@ -327,8 +327,11 @@ class BatchEncoder:
     """Items -> {"latents" [B, C, F, H, W] fp32, "context" [B, n, L, D] fp32, "seeds" [B], "prompts"}."""
 
     def __init__(self, codec: Codec, text_encoder: TextEncoder, *, device: torch.device, dtype: torch.dtype,
-                 cache: bool = False, caption_dropout: float = 0.0) -> None:
+                 cache: bool = False, caption_dropout: float = 0.0,
+                 encode_video: Callable[[Codec, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
+        # codec, pixels -> latents; a sequence layout's `encode_video` encodes only what its rank reads
+        self.encode_video = encode_video if encode_video is not None else (lambda c, v: c.encode(v))
         self.caption_dropout = caption_dropout
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
         self._empty: torch.Tensor | None = None  # the empty prompt's context [L, D], encoded once
@@ -336,7 +339,7 @@ class BatchEncoder:
     @torch.no_grad()
     def encode(self, items: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         video = torch.stack([video_to_float(it["video"]) for it in items])  # [B, 3, T, H, W]
-        latents = self.codec.encode(video.to(self.device, self.dtype)).float()  # [B, C, F, h, w]
+        latents = self.encode_video(self.codec, video.to(self.device, self.dtype)).float()  # [B, C, F, h, w]
         n = {len(it["prompts"]) for it in items}
         if len(n) != 1:
             raise ConfigError(f"dataset items of one batch have different numbers of chunk prompts: {sorted(n)}")

@@ -54,6 +54,7 @@ from longlive.sampling import TRAIN_TIMESTEPS, FlowMatching
 
 
 if TYPE_CHECKING:
+    from longlive.layout import TeacherForcingLayout
     from longlive.run import RunContext
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,14 @@ class FlowMatchingObjective:
 
     def __init__(self, *, mode: str, frames_per_chunk: int, shift: float, weighting: str,
                  caption_start_weight: float = 1.0, patch: tuple[int, int, int] | None = None,
-                 window_frames: int | None = None, timestep_range: tuple[float, float] | None = None) -> None:
+                 window_frames: int | None = None, timestep_range: tuple[float, float] | None = None,
+                 layout: TeacherForcingLayout | None = None) -> None:
         if mode not in ("teacher_forcing", "bidirectional", "causal"):
             raise ConfigError(f"train.mode: {mode!r} is not known; use teacher_forcing or bidirectional")
+        if layout is not None and layout.sp > 1 and mode != "teacher_forcing":
+            raise ConfigError(f"train.mode = {mode!r} under parallel.sp = {layout.sp}: sequence-parallel training "
+                              "splits teacher forcing only; set train.mode = \"teacher_forcing\" or parallel.sp = 1")
+        self.layout = layout if layout is not None and layout.sp > 1 else None  # SP: this rank's share (below)
         if mode == "causal" and patch is None:
             raise ValueError("the causal objective needs the DiT's patch (tokens per latent frame)")
         self.mode, self.frames_per_chunk = mode, frames_per_chunk
@@ -107,7 +113,7 @@ class FlowMatchingObjective:
         cfg = train_config(run)
         return cls(mode=cfg.mode, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
                    shift=cfg.timestep_shift, weighting=cfg.time_weighting,
-                   caption_start_weight=cfg.caption_start_weight)
+                   caption_start_weight=cfg.caption_start_weight, layout=run.layout)
 
     def draw(self, x0: torch.Tensor, seeds: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +140,13 @@ class FlowMatchingObjective:
         x_t = FlowMatching.add_noise(x0, noise, sigma)
         target = FlowMatching.velocity_target(x0, noise)
         t = FlowMatching.timestep(sigma)  # [B, F]
+        weight = self.weights.to(x0.device)[index]  # [B, F]
+        if self.caption_start_weight != 1.0:
+            weight = weight * self._caption_starts(batch["context"], x0.shape[2])
+        if self.layout is not None:
+            if clean is not None:
+                raise ConfigError("clean_frames (I2V) under sequence parallelism are not supported; set parallel.sp = 1")
+            return self._sequence_parallel_loss(model, x0, x_t, t, target, weight, batch["context"], sigma)
         if self.mode == "teacher_forcing":
             pred = model.forward_teacher(x0, x_t, t, batch["context"], frames_per_block=self.frames_per_chunk)
         elif self.mode == "causal":
@@ -141,9 +154,6 @@ class FlowMatchingObjective:
         else:
             pred = model(x_t, t[:, 0], batch["context"])
         mse = (pred.float() - target).pow(2).mean(dim=(1, 3, 4))  # [B, F]
-        weight = self.weights.to(x0.device)[index]  # [B, F]
-        if self.caption_start_weight != 1.0:
-            weight = weight * self._caption_starts(batch["context"], x0.shape[2])
         if clean is None:
             loss = (mse * weight).mean()
         else:
@@ -151,6 +161,23 @@ class FlowMatchingObjective:
             loss = (mse * weight * keep).sum() / keep.sum().clamp(min=1.0)
         metrics = {"loss": loss.detach(), "mse": mse.detach().mean(), "sigma": sigma.mean()}
         return loss, metrics
+
+    def _sequence_parallel_loss(self, model: Any, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                                target: torch.Tensor, weight: torch.Tensor, context: torch.Tensor,
+                                sigma: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Teacher forcing under SP: every rank of the group has the same sample and draws; it
+        predicts its noisy frames (`layout.teacher_split`) and returns its share of the loss,
+        sum over its frames of w * mse / the global count of loss-bearing frames (B x F), so the
+        shares of the group sum to the one-device loss (and their gradients to its gradient).
+        The metrics are the group's totals (one all-reduce)."""
+        split = self.layout.teacher_split(x0.shape[2], self.frames_per_chunk)
+        pred = model.forward_teacher(x0, x_t, t, context, frames_per_block=self.frames_per_chunk, layout=self.layout)
+        local = slice(split.noisy_start, split.noisy_start + split.noisy_frames)
+        mse = (pred.float() - target[:, :, local]).pow(2).mean(dim=(1, 3, 4))  # [B, this rank's noisy frames]
+        count = x0.shape[0] * x0.shape[2]  # loss-bearing frames of the sample(s), over the group
+        loss = (mse * weight[:, local]).sum() / count
+        totals = self.layout.reduce_sum(torch.stack([loss.detach(), mse.detach().sum() / count]))
+        return loss, {"loss": totals[0], "mse": totals[1], "sigma": sigma.mean()}
 
     def _causal_mask(self, x0: torch.Tensor):
         """The chunk-causal mask of inference (within window_frames) over x0's token grid."""

@@ -86,7 +86,8 @@ class TeacherForcing:
             with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(net.model):
                     loss, metrics = self.objective(self.entry, batch, self.generator)
-                (loss / cfg.grad_accum).backward()
+                # under SP the loss is this rank's share; DDP averages over dp x sp ranks, so x sp sums the shares
+                (loss * run.mesh.sp / cfg.grad_accum).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
         totals["grad_norm"] = net.clip_and_step(step, cfg.grad_clip)
@@ -100,7 +101,7 @@ class TeacherForcing:
         pt, ph, pw = self.network.model.config.patch
         f, h, w = latents.shape[2:]
         halves = 2 if self.context.config.mode == "teacher_forcing" else 1
-        return halves * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.context.info.world_size
+        return halves * (f // pt) * (h // ph) * (w // pw) * latents.shape[0] * self.context.run.mesh.dp
 
     def learning_rates(self, step: int) -> dict[str, float]:
         return {"lr": self.network.lr_at(step)}

@@ -86,9 +86,11 @@ class Trainer:
         self.codec = build_codec(run)
         self.text = build_text_encoder(run)
         self.encoder = BatchEncoder(self.codec, self.text, device=run.device, dtype=run.dtype,
-                                    cache=cfg.cache_latents, caption_dropout=cfg.caption_dropout)
+                                    cache=cfg.cache_latents, caption_dropout=cfg.caption_dropout,
+                                    encode_video=run.layout.encode_video)  # SP: this rank's frames (halo)
+        # the dp rank selects the data: the sp ranks of a group draw the same samples (longlive/parallel.py)
         self.stream = DataStream(len(self.dataset), batch_size=cfg.batch_size, seed=run.experiment.run.seed,
-                                 rank=self.info.rank, world_size=self.info.world_size)
+                                 rank=run.mesh.dp_rank, world_size=run.mesh.dp)
 
     def _build_algorithm(self) -> None:
         run, cfg = self.run, self.config

@@ -123,3 +123,20 @@ def test_unrunnable_backend_raises_at_call_not_silently():
         attend(q, q, q, backend="cudnn")
     with pytest.raises(ConfigError, match="CUDA"):
         attend(q, q, q, mask=block_causal_mask(2, 2, 1), backend="flex")
+
+
+@pytest.mark.parametrize("slices", [1, 3])
+def test_block_mask_built_in_row_passes_equals_torchs(slices):
+    """build_block_mask in passes of 256 rows (a 1000-token query side: a ragged last block) = create_block_mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from longlive.model.attention import build_block_mask
+
+    frames, tpf, fpb = 6, 250 // 3, 2  # 2 x 6 x 83 = 996 tokens
+    mod = teacher_forcing_mask(frames, tpf, fpb, slices)
+    length = 2 * frames * tpf
+    whole = create_block_mask(mod, None, None, length, length, device="cpu")
+    passes = build_block_mask(mod, length, length, "cpu", max_elements=256 * length)
+    assert torch.equal(whole.to_dense(), passes.to_dense())
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(whole, name), getattr(passes, name)), name

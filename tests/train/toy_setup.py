@@ -90,4 +90,3 @@ class LossLog:
             self.losses[step] = scalars["train/loss"]
             if step == self.stop_at:
                 raise KeyboardInterrupt(f"simulated interruption at step {step}")
-

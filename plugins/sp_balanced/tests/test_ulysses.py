@@ -132,13 +132,24 @@ def test_sp_needs_the_layout_plugin():
         check_experiment(experiment_from_table(table))
 
 
-def test_training_under_sp_waits_for_part_two():
+def test_training_under_sp_refuses_fp8_exchange_and_evaluation():
     table = _table(sp=2)
     table["run"]["task"] = "train"
     table.pop("generate")
     table["train"] = {"data": "unused/*.tar"}
-    with pytest.raises(ConfigError, match="issue #18"):
+    check_experiment(experiment_from_table(table))  # training under SP is accepted
+    table["plugins"] = {"sp_balanced": {"kv_exchange": "fp8"}}
+    with pytest.raises(ConfigError, match="kv_exchange"):
         check_experiment(experiment_from_table(table))
+    table["plugins"] = {}
+    table["train"]["eval_every"] = 5
+    with pytest.raises(ConfigError, match="eval_every"):
+        check_experiment(experiment_from_table(table))
+    table["train"] = {"data": "unused/*.tar", "num_frames": 6}  # 3 frames per rank: not whole chunks of 2
+    with pytest.raises(ConfigError, match="train.num_frames=6.*multiple of 4"):
+        check_experiment(experiment_from_table(table))
+    table["plugins"] = {"sp_balanced": {"training_layout": "naive"}}  # pieces of 6 frames: whole chunks
+    check_experiment(experiment_from_table(table))
 
 
 def test_world_size_not_a_multiple_of_sp(monkeypatch):

@@ -68,6 +68,9 @@ class DMD:
         if experiment.run.task != "train" or experiment.train is None:
             raise ConfigError(f"plugins.dmd distils in training: set run.task = \"train\" with a [train] table "
                               f"(run.task is {experiment.run.task!r}); generate with the student via [model] lora")
+        if experiment.parallel.sp > 1:
+            raise ConfigError(f"plugins.dmd under parallel.sp = {experiment.parallel.sp}: DMD's rollouts and critic are "
+                              f"not sequence-parallel yet; set parallel.sp = 1 (data parallelism over processes works)")
         s = experiment.sampler
         from longlive.structure import structure
         from longlive.train.config import TrainConfig

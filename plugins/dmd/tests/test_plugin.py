@@ -44,3 +44,10 @@ def test_bad_settings_are_one_line_errors(dmd, task, message):
 
 def test_a_valid_table_checks():
     assert check_experiment(experiment_from_table(_table(loss_frames=2, ema=["generator"])))
+
+
+def test_sequence_parallel_distillation_is_refused_in_one_line():
+    table = _table()
+    table["parallel"] = {"sp": 2}
+    with pytest.raises(ConfigError, match=r"plugins.dmd under parallel.sp = 2: .* set parallel.sp = 1"):
+        check_experiment(experiment_from_table(table))

@@ -5,8 +5,8 @@
 #                                          then the denoise loop with the NVFP4 KV cache (kv_fp4, static_6)
 #   bash benchmarks/gpu_stack.sh speed     BF16 / vae_async stream / FP8 (+ vae_async stream): denoise-loop FPS,
 #                                          peak memory, time split, pipelined end-to-end FPS through the decoder
-#   bash benchmarks/gpu_stack.sh short     tests, kv_fp4, FP8's output error, CUDA graphs (each shortened) for a small budget
-#   bash benchmarks/gpu_stack.sh extra     CUDA graphs (torch.compile mode="reduce-overhead"), FP8 with kv_fp4,
+#   bash benchmarks/gpu_stack.sh short     tests, kv_fp4, FP8's output error (each shortened) for a small budget
+#   bash benchmarks/gpu_stack.sh extra     FP8 with kv_fp4,
 #                                          and FP8's model-output error against BF16 (benchmarks/quant_model_error.py)
 # Needs .whl/ carried (benchmarks/README.md): run(command="bash benchmarks/gpu_stack.sh speed", carry=[".whl"]).
 set -uo pipefail
@@ -47,19 +47,18 @@ case $part in
     bench bf16_vae_stream --set 'run.plugins=["vae_async"]' "${STREAM[@]}"
     bench fp8_vae_stream --set 'run.plugins=["quant_fp8","vae_async"]' "${FP8[@]}" "${STREAM[@]}" ;;
   extra)
-    bench bf16_reduce_overhead --set 'model.compile_mode="reduce-overhead"' --set bench.vae_chunks=0
     bench fp8_kv_fp4 --set 'run.plugins=["quant_fp8","kv_fp4"]' "${FP8[@]}" --set bench.vae_chunks=0
     python3 benchmarks/quant_model_error.py --experiment experiments/bench/bf16_5b.toml --formats fp8_rowwise \
       --plugins quant_fp8 --mode real --set model.compile=false --chunks 6 --out "$OUT/fp8_model_error_5b.json" 2>&1 \
       | grep -v Warn | tail -3 ;;
-  short)  # what fits in a short device budget: the GPU tests, kv_fp4, FP8's output error, then CUDA graphs
+  short)  # what fits in a short device budget: the GPU tests, kv_fp4, FP8's output error
     timeout 120 python3 -m pytest -q -m gpu tests/gpu plugins -p no:cacheprovider 2>&1 | tail -15 > "$OUT/gpu_tests.txt"
     tail -3 "$OUT/gpu_tests.txt"; pack
     bench kv_fp4 --set 'run.plugins=["kv_fp4"]' --set bench.vae_chunks=0 --set bench.profile_chunks=0
     timeout 120 python3 benchmarks/quant_model_error.py --experiment experiments/bench/bf16_5b.toml --formats fp8_rowwise \
       --plugins quant_fp8 --mode real --set model.compile=false --chunks 5 --out "$OUT/fp8_model_error_5b.json" 2>&1 \
       | grep -v Warn | tail -2; pack
-    bench bf16_reduce_overhead --set 'model.compile_mode="reduce-overhead"' --set bench.vae_chunks=0 --set bench.profile_chunks=0 ;;
+    ;;
   *) echo "usage: $0 tests|speed|extra|short"; exit 2 ;;
 esac
 echo "total ${SECONDS} s"

@@ -39,7 +39,9 @@ MAX_COUNT = 10**7  # clips, batch sizes, accumulation steps
 MAX_DEPTH = 16  # nesting of tables and arrays in an experiment file
 ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flex")
 CHECKPOINT_FORMATS = ("auto", "longlive", "wan", "diffusers")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
+# torch.compile modes for the blocks. The CUDA-graph modes ("reduce-overhead", "max-autotune") fail in the
+# chunk loop (a graph output is still referenced when the graph replays; docs/benchmarks.md), so they are refused.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 @attrs.frozen(kw_only=True)

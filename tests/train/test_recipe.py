@@ -50,6 +50,13 @@ def test_i2v_frame0_is_clean_in_both_streams_and_gets_no_gradient():
     assert grad[0, :, 1:].abs().min() > 0 and grad[1].abs().min() > 0
 
 
+def test_toy_clips_name_their_image_frame(toy_shards):
+    from longlive_plugins.toyworld.shards import iter_clips
+
+    clip = next(iter(iter_clips(toy_shards)))
+    assert clip["meta"]["image_frame"] == 0
+
+
 def test_i2v_choice_per_sample_from_its_seed():
     from longlive_plugins.toyworld.codec import PatchCodec
 
@@ -143,3 +150,17 @@ def test_two_processes_match_one(toy_shards, tmp_path):
     assert torch.equal(one["count"], buffers["count"]) and torch.equal(one["pointer"], buffers["pointer"])
     for key in ("ring_x0", "ring_noise"):  # the same errors in the same slots (DDP's gradient mean rounds apart)
         assert torch.allclose(one[key], buffers[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [{"i2v_probability": 0.5}, {"error_recycling": {"enabled": True}}])
+def test_i2v_and_recycling_refuse_sequence_parallelism(toy_shards, train):
+    from types import SimpleNamespace
+
+    from longlive.structure import structure
+    from longlive.train.config import TrainConfig
+    from longlive.train.teacher_forcing import TeacherForcing
+
+    config = structure({"data": toy_shards, **train}, TrainConfig, where="train")
+    context = SimpleNamespace(run=SimpleNamespace(mesh=SimpleNamespace(sp=2)), config=config)
+    with pytest.raises(ConfigError, match="parallel.sp = 2"):
+        TeacherForcing(context)

@@ -73,7 +73,10 @@ class Objective(Protocol):
     `objective(model, batch, generator) -> (loss, metrics)`: `batch` holds "latents"
     [B, C, F, H, W], "context" [B, chunks, L, D] and "seeds" [B]; the objective re-seeds
     `generator` from the seeds, so draws do not depend on how a batch is split. `loss` is a
-    0-d tensor with grad; `metrics` maps names to detached 0-d tensors.
+    0-d tensor with grad; `metrics` maps names to detached 0-d tensors. A batch may also hold
+    "clean_frames" [B, F] bool (I2V: given clean, no loss). Teacher forcing passes the keyword
+    `recycling` (longlive/train/error_recycling.py) only when [train.error_recycling] is enabled;
+    an objective that cannot recycle errors may leave it out of its signature.
     """
 
     def __call__(self, model: Any, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...

@@ -21,6 +21,21 @@ TIME_WEIGHTINGS = ("gaussian", "uniform")
 
 
 @attrs.frozen(kw_only=True)
+class ErrorRecyclingConfig:
+    """[train.error_recycling]: buffers of the model's own errors injected into its inputs
+    (longlive/train/error_recycling.py). Off by default; teacher forcing only, not under parallel.sp > 1."""
+
+    enabled: bool = False
+    buckets: int = attrs.field(default=10, validator=in_range(1, 1000))  # timestep buckets over [0, 1000]
+    capacity: int = attrs.field(default=32, validator=in_range(1, 100_000))  # frames per bucket and kind (ring)
+    # Per-sample probabilities: the x0 error added to the clean context, to the clean latent before
+    # noising, and the velocity error x (1 - sigma) added to the noise.
+    context_probability: float = attrs.field(default=0.5, validator=in_range(0.0, 1.0))
+    latent_probability: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+    noise_probability: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+
+
+@attrs.frozen(kw_only=True)
 class TrainConfig:
     """[train]: data, objective, optimizer, schedule and outputs of a training run.
 
@@ -69,6 +84,10 @@ class TrainConfig:
     # Activation checkpointing: keep only each DiT block's input, recompute the block in the backward
     # (long clips: a 16-s 5B sample holds 2 x 84,480 tokens; WanDiT.checkpoint_blocks).
     checkpoint_blocks: bool = False
+    # I2V teacher forcing: the probability that a sample is image-conditioned; its latent frame 0
+    # (the video's first frame, encoded alone) is given clean at t = 0 and carries no loss. 0: T2V only.
+    i2v_probability: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+    error_recycling: ErrorRecyclingConfig = attrs.field(factory=ErrorRecyclingConfig)
     # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())
 

@@ -18,6 +18,10 @@ objective draws its noise and timesteps: the draws do not depend on the number o
 `caption_dropout` p, a sample's context is replaced by that of the empty prompt (every chunk) when
 a draw from the sample's seed falls below p, so a model can learn the unconditional prediction
 that classifier-free guidance needs; the choice, like the noise, does not depend on the ranks.
+With `i2v_probability` p > 0, a sample is image-conditioned (I2V) when another draw from its seed
+falls below p: the batch then carries "clean_frames" [B, F] (bool), True at latent frame 0 of the
+I2V samples. The image is the video's first pixel frame, which a causal codec encodes alone into
+latent frame 0, so the I2V sample's length counts the image frame (no extra frame is added).
 
 Corrupt samples: a dataset raises `CorruptSampleError` for a sample it cannot read or decode
 (`ShardClipDataset` names the shard and key). `SkippingDataset` then serves the next readable
@@ -327,12 +331,12 @@ class BatchEncoder:
     """Items -> {"latents" [B, C, F, H, W] fp32, "context" [B, n, L, D] fp32, "seeds" [B], "prompts"}."""
 
     def __init__(self, codec: Codec, text_encoder: TextEncoder, *, device: torch.device, dtype: torch.dtype,
-                 cache: bool = False, caption_dropout: float = 0.0,
+                 cache: bool = False, caption_dropout: float = 0.0, i2v_probability: float = 0.0,
                  encode_video: Callable[[Codec, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.codec, self.text, self.device, self.dtype = codec, text_encoder, device, dtype
         # codec, pixels -> latents; a sequence layout's `encode_video` encodes only what its rank reads
         self.encode_video = encode_video if encode_video is not None else (lambda c, v: c.encode(v))
-        self.caption_dropout = caption_dropout
+        self.caption_dropout, self.i2v_probability = caption_dropout, i2v_probability
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
         self._empty: torch.Tensor | None = None  # the empty prompt's context [L, D], encoded once
 
@@ -359,7 +363,17 @@ class BatchEncoder:
             context = torch.stack([self._cache[i][1] for i in indices]).to(self.device)
         if self.caption_dropout > 0.0:
             context = self._drop_captions(context, seeds)
-        return {"latents": latents, "context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}
+        batch = {"latents": latents, "context": context, "seeds": torch.tensor(seeds, dtype=torch.long)}
+        if self.i2v_probability > 0.0:
+            batch["clean_frames"] = self.clean_frames(seeds, latents.shape[2], latents.device)
+        return batch
+
+    def clean_frames(self, seeds: Sequence[int], frames: int, device: torch.device) -> torch.Tensor:
+        """[B, F] bool: latent frame 0 of the samples whose seed draws I2V (below i2v_probability)."""
+        i2v = [np.random.default_rng([int(seed), 11]).random() < self.i2v_probability for seed in seeds]
+        clean = torch.zeros(len(seeds), frames, dtype=torch.bool, device=device)
+        clean[:, 0] = torch.tensor(i2v, dtype=torch.bool, device=device)
+        return clean
 
     @torch.no_grad()
     def encode_prompts(self, dataset: Dataset, indices: Sequence[int], seeds: Sequence[int], *,

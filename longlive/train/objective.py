@@ -19,7 +19,14 @@ timestep). With `timestep_range` (t_min, t_max), the grid's noise levels are cla
 [t_min / 1000, t_max / 1000] (LongLive's DMD critic: [20, 980] after the shift).
 
 A batch may carry "clean_frames" [B, F] (bool): those frames are given clean (sigma = 0, t = 0)
-and carry no loss (I2V: the image frame); the loss is then the mean over the other frames.
+and carry no loss (I2V: the image frame); a sample's loss is then the mean over its other frames,
+and the batch's the mean of its samples' (so it does not depend on how samples meet on ranks). Under
+teacher forcing such a frame is the clean image in both streams, clean and noisy, as at inference
+(LongLive's `independent_first_frame`: the image latent replaces latent frame 0, timestep zeroed).
+
+With `recycling` (an ErrorBuffers, longlive/train/error_recycling.py; teacher forcing only) the
+clean context, the latent before noising and the noise get recycled model errors, and this
+prediction's errors are recorded; the target stays eps - x0.
 
 Loss: per-frame MSE over (C, H, W), times the time weight w(t) of the frame's timestep,
 averaged over batch and frames: L = mean_{b,f} w(t_bf) * mean_{c,h,w} (v_pred - v)^2.
@@ -56,6 +63,7 @@ from longlive.sampling import TRAIN_TIMESTEPS, FlowMatching
 if TYPE_CHECKING:
     from longlive.layout import TeacherForcingLayout
     from longlive.run import RunContext
+    from longlive.train.error_recycling import ErrorBuffers
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +136,8 @@ class FlowMatchingObjective:
             index[b] = torch.randint(0, len(self.sigmas), (groups,), generator=generator, device=x0.device)
         return noise, index.repeat_interleave(frames // groups, dim=1)  # [B, C, F, H, W], [B, F]
 
-    def __call__(self, model: Any, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def __call__(self, model: Any, batch: dict, generator: torch.Generator, *,
+                 recycling: ErrorBuffers | None = None) -> tuple[torch.Tensor, dict]:
         x0 = batch["latents"].float()  # [B, C, F, H, W]
         noise, index = self.draw(x0, batch["seeds"], generator)
         sigma = self.sigmas.to(x0.device)[index]  # [B, F]
@@ -137,7 +146,12 @@ class FlowMatchingObjective:
             if self.mode == "bidirectional":
                 raise ConfigError("clean_frames (I2V) need per-frame timesteps: use teacher forcing or causal")
             sigma = torch.where(clean, torch.zeros_like(sigma), sigma)
-        x_t = FlowMatching.add_noise(x0, noise, sigma)
+        context_x0, noised_x0, noise_in = x0, x0, noise
+        if recycling is not None:
+            if self.mode != "teacher_forcing" or self.layout is not None:
+                raise ConfigError("train.error_recycling: needs train.mode = \"teacher_forcing\" and parallel.sp = 1")
+            context_x0, noised_x0, noise_in = recycling.inject(x0, noise, sigma, clean, batch["seeds"])
+        x_t = FlowMatching.add_noise(noised_x0, noise_in, sigma)
         target = FlowMatching.velocity_target(x0, noise)
         t = FlowMatching.timestep(sigma)  # [B, F]
         weight = self.weights.to(x0.device)[index]  # [B, F]
@@ -148,17 +162,19 @@ class FlowMatchingObjective:
                 raise ConfigError("clean_frames (I2V) under sequence parallelism are not supported; set parallel.sp = 1")
             return self._sequence_parallel_loss(model, x0, x_t, t, target, weight, batch["context"], sigma)
         if self.mode == "teacher_forcing":
-            pred = model.forward_teacher(x0, x_t, t, batch["context"], frames_per_block=self.frames_per_chunk)
+            pred = model.forward_teacher(context_x0, x_t, t, batch["context"], frames_per_block=self.frames_per_chunk)
         elif self.mode == "causal":
             pred = model(x_t, t, batch["context"], mask_mod=self._causal_mask(x0))
         else:
             pred = model(x_t, t[:, 0], batch["context"])
         mse = (pred.float() - target).pow(2).mean(dim=(1, 3, 4))  # [B, F]
+        if recycling is not None:
+            recycling.record(pred, target, sigma, clean)
         if clean is None:
             loss = (mse * weight).mean()
         else:
-            keep = (~clean).float()
-            loss = (mse * weight * keep).sum() / keep.sum().clamp(min=1.0)
+            keep = (~clean).float()  # per-sample means, so the loss does not depend on how samples meet on ranks
+            loss = ((mse * weight * keep).sum(1) / keep.sum(1).clamp(min=1.0)).mean()
         metrics = {"loss": loss.detach(), "mse": mse.detach().mean(), "sigma": sigma.mean()}
         return loss, metrics
 

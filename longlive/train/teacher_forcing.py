@@ -6,6 +6,13 @@ One optimizer step = `grad_accum` micro-steps, each taking one global batch from
 (this rank's `batch_size` samples) and back-propagating loss / grad_accum (DDP syncs gradients
 on the last micro-step only); then clip, warmed-up LR, AdamW step, refresh of quantized copies,
 `longlive_optimizer_step_done`, EMA update.
+
+I2V (train.i2v_probability > 0): the batches carry "clean_frames" (longlive/train/data.py) and the
+objective gives frame 0 of the I2V samples clean, without loss. Error recycling
+([train.error_recycling] enabled): the algorithm owns the ErrorBuffers
+(longlive/train/error_recycling.py), hands them to the objective on every micro-step, commits the
+recorded errors after the optimizer step and keeps them in its checkpoint state ("error_recycling").
+Neither runs under sequence parallelism (parallel.sp > 1).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longlive.errors import ConfigError
 from longlive.quant.format import forward_context, refresh_model
 from longlive.train.algorithm import TrainingContext, trained_network
 from longlive.train.config import resolve_path
@@ -58,6 +66,11 @@ class TeacherForcing:
         self.context = context
         run, cfg = context.run, context.config
         self.name = cfg.mode
+        if run.mesh.sp > 1 and (cfg.i2v_probability > 0 or cfg.error_recycling.enabled):
+            raise ConfigError(f"train.i2v_probability / train.error_recycling under parallel.sp = {run.mesh.sp}: "
+                              "sequence-parallel training is T2V without recycling; set parallel.sp = 1")
+        if cfg.error_recycling.enabled and cfg.mode != "teacher_forcing":
+            raise ConfigError(f"train.error_recycling: needs train.mode = \"teacher_forcing\", not {cfg.mode!r}")
         init = str(resolve_path(cfg.init_from, run, "train.init_from")) if cfg.init_from is not None else None
         self.network = trained_network(context, "generator", "generator", lr=cfg.lr, checkpoint=init,
                                        where="train.init_from", ema=True)
@@ -73,6 +86,11 @@ class TeacherForcing:
             self.entry = Replicated(self.ddp, self.network.model)
         self.autocast = run.device.type == "cuda" and run.dtype == torch.bfloat16
         self.generator = torch.Generator(device=run.device)
+        self.recycling = None
+        if cfg.error_recycling.enabled:
+            from longlive.train.error_recycling import ErrorBuffers
+
+            self.recycling = ErrorBuffers(cfg.error_recycling, world_size=run.mesh.dp)
 
     def train_step(self, step: int) -> tuple[dict[str, torch.Tensor], int]:
         cfg, net, run = self.context.config, self.network, self.context.run
@@ -85,12 +103,15 @@ class TeacherForcing:
             defer_sync = self.ddp is not None and micro < cfg.grad_accum - 1
             with self.ddp.no_sync() if defer_sync else contextlib.nullcontext():
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast), forward_context(net.model):
-                    loss, metrics = self.objective(self.entry, batch, self.generator)
+                    extra = {"recycling": self.recycling} if self.recycling is not None else {}
+                    loss, metrics = self.objective(self.entry, batch, self.generator, **extra)
                 # under SP the loss is this rank's share; DDP averages over dp x sp ranks, so x sp sums the shares
                 (loss * run.mesh.sp / cfg.grad_accum).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value.detach().float() / cfg.grad_accum
         totals["grad_norm"] = net.clip_and_step(step, cfg.grad_clip)
+        if self.recycling is not None:
+            self.recycling.commit()
         refresh_model(net.model)  # quantized copies of the master weights are stale now
         run.hook.longlive_optimizer_step_done(model=net.model, step=step + 1, run=run)
         if net.ema is not None:
@@ -107,10 +128,18 @@ class TeacherForcing:
         return {"lr": self.network.lr_at(step)}
 
     def state_dict(self) -> dict:
-        return self.network.state_dict()  # "model", "optimizer", "ema" at the checkpoint's top level
+        state = self.network.state_dict()  # "model", "optimizer", "ema" at the checkpoint's top level
+        if self.recycling is not None:
+            state["error_recycling"] = self.recycling.state_dict()
+        return state
 
     def load_state_dict(self, state: dict, *, where: str) -> None:
         self.network.load_state_dict(state, where=where)
+        if self.recycling is not None:
+            if "error_recycling" not in state:
+                log.warning("%s holds no error-recycling buffers (saved without them): they start empty", where)
+            else:
+                self.recycling.load_state_dict(state["error_recycling"], where=where)
 
     def export(self, path: Any, step: int) -> None:
         self.network.export(path, run=self.context.run, step=step)

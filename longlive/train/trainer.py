@@ -87,6 +87,7 @@ class Trainer:
         self.text = build_text_encoder(run)
         self.encoder = BatchEncoder(self.codec, self.text, device=run.device, dtype=run.dtype,
                                     cache=cfg.cache_latents, caption_dropout=cfg.caption_dropout,
+                                    i2v_probability=cfg.i2v_probability,
                                     encode_video=run.layout.encode_video)  # SP: this rank's frames (halo)
         # the dp rank selects the data: the sp ranks of a group draw the same samples (longlive/parallel.py)
         self.stream = DataStream(len(self.dataset), batch_size=cfg.batch_size, seed=run.experiment.run.seed,

@@ -78,6 +78,7 @@ def clip_sample(seed: int, split: str, index: int, *, frames: int, size: int, fp
         prompt_schedule=[[a, c] for a, c in clip.prompt_schedule()], shots=shots,
         cut_frames=clip.cut_frames, cut_chunks=[s["start_chunk"] for s in shots[1:]],
         chunk_frames=chunk_frames, temporal_factor=temporal_factor,
+        image_frame=0,  # every clip is also an I2V sample: its image is frame 0 (latent frame 0, encoded alone)
         chunk_pixel_frames=[list(c) for c in chunks], chunk_captions=[captions[a] for a, _ in chunks])
     buf = io.BytesIO()
     np.save(buf, clip.video, allow_pickle=False)

@@ -36,6 +36,13 @@ def toy_table(data: str, **train) -> dict:
     }
 
 
+def recipe_table(data: str, **train) -> dict:
+    """`toy_table` with half the samples I2V and every error-recycling injection on (4 buckets of 8)."""
+    recycling = {"enabled": True, "buckets": 4, "capacity": 8, "context_probability": 0.7,
+                 "latent_probability": 0.5, "noise_probability": 0.5}
+    return toy_table(data, i2v_probability=0.5, error_recycling=recycling, **train)
+
+
 def torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300) -> tuple[int, str]:
     """Run `worker` under `torchrun --standalone` with `nproc` CPU ranks (OMP_NUM_THREADS=1) in its
     own process group, killed whole on a timeout so no rank outlives the test; (returncode, stderr)."""

@@ -212,12 +212,14 @@ def longlive_next_prompt(chunk: ChunkPrompt, state: GenerationState, run: RunCon
 
 
 @hookspec(firstresult=True)
-def longlive_prompt_prefix(chunk: ChunkPrompt, state: GenerationState, run: RunContext) -> str | None:
+def longlive_prompt_prefix(chunk: ChunkPrompt, state: GenerationState | None, run: RunContext) -> str | None:
     """Role: the conditioning prefix. Return text put before the chunk's prompt for the text encoder.
 
     When: before every chunk, after the prompt is settled (`state.prompt`). LongLive's convention puts its scene-
     cut prefix on the first chunk of each later shot only. The prefix is not part of the prompt:
     switch detection, logs and the saved schedule see the prompt without it. None: no prefix.
+    Training data asks too, for every chunk of a sample (longlive/train/data.py), with `state`
+    None: the training text then matches what generation conditions on.
     """
 
 

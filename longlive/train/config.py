@@ -87,6 +87,9 @@ class TrainConfig:
     # I2V teacher forcing: the probability that a sample is image-conditioned; its latent frame 0
     # (the video's first frame, encoded alone) is given clean at t = 0 and carries no loss. 0: T2V only.
     i2v_probability: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
+    # a shot longer than this many chunks gets a virtual cut every that many chunks (LongLive's
+    # max_chunks_per_shot); 0: only the data's own cuts ("cut_frames")
+    max_chunks_per_shot: int = attrs.field(default=0, validator=in_range(0, 1_000_000))
     error_recycling: ErrorRecyclingConfig = attrs.field(factory=ErrorRecyclingConfig)
     # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())

@@ -47,6 +47,7 @@ import torch
 from einops import rearrange
 
 from longlive.errors import ConfigError
+from longlive.prompts import ChunkPrompt
 from longlive.train.manifest import check_counts
 
 
@@ -213,21 +214,61 @@ def chunk_prompts(captions: Sequence[str], *, num_chunks: int, frames_per_chunk:
     return prompts
 
 
+def chunk_shot_starts(cut_frames: Sequence[int], *, num_chunks: int, frames_per_chunk: int, temporal_stride: int,
+                      max_chunks_per_shot: int = 0) -> list[bool]:
+    """Per chunk, whether it starts a shot (chunk 0 always).
+
+    A cut at pixel frame c starts the shot at the chunk whose pixel span holds c (a cut inside
+    chunk 0 is none); with `max_chunks_per_shot` = N > 0, a shot longer than N chunks gets a
+    virtual cut every N chunks.
+    """
+    starts = [k == 0 for k in range(num_chunks)]
+    for c in cut_frames:
+        for k in range(1, num_chunks):
+            first, last = k * frames_per_chunk, (k + 1) * frames_per_chunk - 1
+            if 1 + temporal_stride * (first - 1) <= int(c) < 1 + temporal_stride * last:
+                starts[k] = True
+    if max_chunks_per_shot:
+        since = 0
+        for k in range(num_chunks):
+            since = 0 if starts[k] else since + 1
+            if since == max_chunks_per_shot:
+                starts[k], since = True, 0
+    return starts
+
+
+def conditioned_chunks(prompts: Sequence[str], shot_starts: Sequence[bool]) -> list[ChunkPrompt]:
+    """The chunks of a sample as generation sees them: shot index, shot start, switch (a prompt
+    change inside a shot)."""
+    out, shot = [], -1
+    for k, (prompt, start) in enumerate(zip(prompts, shot_starts)):
+        shot += start
+        switch = not start and prompt != prompts[k - 1]
+        out.append(ChunkPrompt(index=k, prompt=prompt, shot_index=shot, shot_start=start, switch=switch))
+    return out
+
+
 class ShardClipDataset:
     """Multi-shot clips from webdataset tar shards: `<key>.npy` uint8 [T, H, W, 3] + `<key>.json`.
 
-    The json holds "fps" and "prompt_schedule" ([[start_frame, caption], ...] in pixel frames).
-    Items are the first `pixel_frames` frames of a clip and one prompt per chunk.
+    The json holds "fps", "prompt_schedule" ([[start_frame, caption], ...] in pixel frames) and
+    optionally "cut_frames" (pixel frames where a new shot starts; a caption change elsewhere is a
+    prompt switch inside the shot). Items are the first `pixel_frames` frames of a clip, one
+    conditioning text per chunk ("prompts": the chunk's caption, after `condition`, e.g. the
+    scene-cut prefix on the first chunk of every later shot as in generation) and "shot_starts".
     """
 
     def __init__(self, refs: Sequence[SampleRef], *, num_frames: int, frames_per_chunk: int,
-                 temporal_stride: int, where: str = "train.data") -> None:
+                 temporal_stride: int, where: str = "train.data", max_chunks_per_shot: int = 0,
+                 condition: Callable[[ChunkPrompt], str] | None = None) -> None:
         if not refs:
             raise ConfigError(f"{where}: the shards hold no samples (each needs a .npy video and a .json)")
         self.refs, self.where = list(refs), where
         self.num_chunks = num_frames // frames_per_chunk
         self.frames_per_chunk, self.temporal_stride = frames_per_chunk, temporal_stride
         self.pixel_frames = 1 + temporal_stride * (num_frames - 1)
+        self.max_chunks_per_shot = max_chunks_per_shot
+        self.condition = condition
 
     @classmethod
     def from_config(cls, run: RunContext, config: TrainConfig) -> ShardClipDataset:
@@ -238,8 +279,12 @@ class ShardClipDataset:
         refs = index_shards(files, where="train.data")
         check_counts(files, Counter(ref.shard for ref in refs), max_missing=config.max_bad_samples, where="train.data")
         log.info("dataset: %d samples in %d shards (%s)", len(refs), len(files), config.data)
+        def condition(chunk: ChunkPrompt) -> str:  # the conditioning prefix role, as in generation (no state here)
+            return (run.hook.longlive_prompt_prefix(chunk=chunk, state=None, run=run) or "") + chunk.prompt
+
         return cls(refs, num_frames=config.num_frames, frames_per_chunk=run.experiment.sampler.frames_per_chunk,
-                   temporal_stride=codec.temporal_stride)
+                   temporal_stride=codec.temporal_stride, max_chunks_per_shot=config.max_chunks_per_shot,
+                   condition=condition)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -259,7 +304,16 @@ class ShardClipDataset:
             raise CorruptSampleError(f"sample {ref.key!r} in {ref.shard}: bad prompt_schedule ({e})") from None
         prompts = chunk_prompts(captions, num_chunks=self.num_chunks, frames_per_chunk=self.frames_per_chunk,
                                 temporal_stride=self.temporal_stride)
-        return {"video": video[: self.pixel_frames], "prompts": prompts, "fps": float(meta.get("fps", 0.0))}
+        try:
+            starts = chunk_shot_starts(meta.get("cut_frames", []), num_chunks=self.num_chunks,
+                                       frames_per_chunk=self.frames_per_chunk, temporal_stride=self.temporal_stride,
+                                       max_chunks_per_shot=self.max_chunks_per_shot)
+        except (TypeError, ValueError) as e:
+            raise CorruptSampleError(f"sample {ref.key!r} in {ref.shard}: bad cut_frames ({e})") from None
+        if self.condition is not None:
+            prompts = [self.condition(chunk) for chunk in conditioned_chunks(prompts, starts)]
+        return {"video": video[: self.pixel_frames], "prompts": prompts, "shot_starts": starts,
+                "fps": float(meta.get("fps", 0.0))}
 
 
 # ---- the sample stream -----------------------------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from longlive.errors import ConfigError
-from longlive.train.data import (BatchEncoder, DataStream, ShardClipDataset, chunk_prompts, expand_pattern,
-                                 frame_captions, index_shards)
+from longlive.train.data import (BatchEncoder, DataStream, ShardClipDataset, chunk_prompts, chunk_shot_starts,
+                                 conditioned_chunks, expand_pattern, frame_captions, index_shards)
 
 
 def test_chunk_prompts_follow_the_wan_causal_layout():
@@ -44,6 +44,50 @@ def test_shards_read_back_the_clips(toy_shards):
         expand_pattern(toy_shards.replace("train-", "nothing-"), where="train.data")
     with pytest.raises(ConfigError, match="no shard file matches"):
         expand_pattern(str(Path(toy_shards).parent / "nothing-*.tar"), where="train.data")
+
+
+def test_a_three_shot_sample_has_per_chunk_prompts_cuts_and_the_scene_cut_prefix():
+    # stride 4, chunks of 2 latents = pixels [0, 5), [5, 13), [13, 21), [21, 29), [29, 37), [37, 45)
+    meta = {"prompt_schedule": [[0, "red circle"], [13, "blue square"], [21, "blue square turns"],
+                                [29, "green triangle"]],
+            "cut_frames": [13, 29]}  # frame 21 is a prompt switch inside shot 1
+    pixels = 1 + 4 * (12 - 1)
+    prompts = chunk_prompts(frame_captions(meta, pixels, where="t"), num_chunks=6, frames_per_chunk=2,
+                            temporal_stride=4)
+    starts = chunk_shot_starts(meta["cut_frames"], num_chunks=6, frames_per_chunk=2, temporal_stride=4)
+    assert prompts == ["red circle", "red circle", "blue square", "blue square turns", "green triangle",
+                       "green triangle"]
+    assert starts == [True, False, True, False, True, False]
+    chunks = conditioned_chunks(prompts, starts)
+    assert [c.shot_index for c in chunks] == [0, 0, 1, 1, 2, 2]
+    assert [c.switch for c in chunks] == [False, False, False, True, False, False]
+
+    from longlive_plugins.attn_sink.plugin import AttnSink, AttnSinkConfig  # the prefix as generation applies it
+
+    sink = AttnSink(AttnSinkConfig(scene_cut_prefix="[cut] "))
+    texts = [(sink.longlive_prompt_prefix(chunk=c) or "") + c.prompt for c in chunks]
+    assert texts == ["red circle", "red circle", "[cut] blue square", "blue square turns", "[cut] green triangle",
+                     "green triangle"]
+    # virtual cuts: a shot longer than 2 chunks is cut every 2 chunks; a cut inside chunk 0 is none
+    assert chunk_shot_starts([3], num_chunks=5, frames_per_chunk=2, temporal_stride=4,
+                             max_chunks_per_shot=2) == [True, False, True, False, True]
+
+
+def test_shard_items_carry_shot_starts_and_conditioned_prompts(toy_shards):
+    from longlive_plugins.toyworld.shards import iter_clips
+
+    files = expand_pattern(toy_shards, where="train.data")
+    refs = index_shards(files, where="train.data")
+    ds = ShardClipDataset(refs, num_frames=8, frames_per_chunk=1, temporal_stride=1,
+                          condition=lambda c: ("CUT " if c.shot_start and c.shot_index else "") + c.prompt)
+    clips, cuts = list(iter_clips(files)), 0
+    for i in range(len(ds)):
+        item, meta = ds[i], clips[i]["meta"]
+        want = [k > 0 and k in meta["cut_frames"] for k in range(8)]  # 1-frame chunks, stride 1: chunk k = frame k
+        assert item["shot_starts"] == [True] + want[1:]
+        assert [p.startswith("CUT ") for p in item["prompts"]] == want
+        cuts += sum(want)
+    assert cuts > 0  # the fixture's clips cut
 
 
 def test_stream_is_deterministic_resumable_and_split_over_ranks():

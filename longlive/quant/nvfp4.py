@@ -455,13 +455,16 @@ def dequantize(q: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tens
     return values[..., : q.shape[-1]].reshape(q.shape).to(dtype)
 
 
-def emulated_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def emulated_gemm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype = torch.bfloat16, *,
+                  b_values: torch.Tensor | None = None) -> torch.Tensor:
     """a [..., K] @ b[N, K]^T with Blackwell semantics: exact q*s operands, FP32 accumulation,
-    then one multiply by g_a * g_b and one cast to `out_dtype`."""
+    then one multiply by g_a * g_b and one cast to `out_dtype`.
+
+    `b_values`: `block_values(b)`, when the caller keeps it (a weight used in many GEMMs)."""
     if a.shape[-1] != b.shape[-1] or len(b.shape) != 2:
         raise ValueError(f"emulated_gemm: shapes {a.shape} and {b.shape} do not form a @ b^T")
     lhs = block_values(a).reshape(-1, a.packed.shape[-1] * 2)  # [M, K_pad]
-    rhs = block_values(b)  # [N, K_pad]
+    rhs = block_values(b) if b_values is None else b_values  # [N, K_pad]
     if lhs.is_cuda:  # bf16 holds q*s exactly; out_dtype keeps FP32 accumulation without TF32
         acc = torch.mm(lhs.bfloat16(), rhs.bfloat16().T, out_dtype=torch.float32)
     else:

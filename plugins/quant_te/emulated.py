@@ -59,7 +59,8 @@ class TEEmulatedFunction(torch.autograd.Function):
                 layer: "TEEmulatedLinear") -> torch.Tensor:
         rules = layer.rules
         x2d = x.reshape(-1, x.shape[-1])  # [M, K]
-        y = nvfp4.emulated_gemm(quantize_rowwise(x2d, rules.input), layer.quantized_weight(), torch.float32)
+        y = nvfp4.emulated_gemm(quantize_rowwise(x2d, rules.input), layer.quantized_weight(), torch.float32,
+                                b_values=layer.weight_block_values("w"))
         y = y.to(x.dtype)  # [M, N]
         if bias is not None:
             y = y + bias.to(y.dtype)
@@ -75,7 +76,8 @@ class TEEmulatedFunction(torch.autograd.Function):
         dy2d = dy.reshape(-1, dy.shape[-1])  # [M, N]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:  # dgrad: [M, N] x [N, K]
-            dx = nvfp4.emulated_gemm(quantize_rowwise(dy2d, rules.grad), layer.quantized_weight_t(), torch.float32)
+            dx = nvfp4.emulated_gemm(quantize_rowwise(dy2d, rules.grad), layer.quantized_weight_t(), torch.float32,
+                                     b_values=layer.weight_block_values("w_t"))
             dx = dx.to(ctx.input_dtype).reshape(ctx.input_shape)
         if ctx.needs_input_grad[1]:  # wgrad: [N, M_pad] x [M_pad, K], reduced over the tokens
             dw = nvfp4.emulated_gemm(quantize_columnwise(dy2d, rules.grad), quantize_columnwise(x2d, rules.input),
@@ -97,7 +99,7 @@ class TEEmulatedLinear(nn.Module):
         self.quant_format = quant_format  # the QuantFormat that made it (cast, refresh, packed state)
         self.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
         self.bias = nn.Parameter(bias, requires_grad=bias.requires_grad) if bias is not None else None
-        self._cache = QuantizedWeightCache()  # "w" | "w_t" -> Q of the master weight
+        self._cache = QuantizedWeightCache()  # "w" | "w_t" -> Q of the master weight; "w values" | "w_t values"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, rules: OperandRules, quant_format: Any) -> "TEEmulatedLinear":
@@ -112,6 +114,12 @@ class TEEmulatedLinear(nn.Module):
     def quantized_weight_t(self) -> nvfp4.NVFP4Tensor:
         """Q_w(W^T) [K, N], the column-wise copy (dgrad), quantized from W itself."""
         return self._cached("w_t", lambda w: w.t().contiguous())
+
+    def weight_block_values(self, name: str) -> torch.Tensor:
+        """`nvfp4.block_values` of the cached Q(W) ("w") or Q(W^T) ("w_t"), fp32, kept until W changes:
+        the GEMM operand, unpacked once instead of in every call."""
+        quantized = self.quantized_weight if name == "w" else self.quantized_weight_t
+        return self._cache.get(f"{name} values", self.weight, lambda _: nvfp4.block_values(quantized()))
 
     def _cached(self, name: str, view: Any) -> nvfp4.NVFP4Tensor:
         return self._cache.get(name, self.weight, lambda w: nvfp4.quantize(view(w), **self.rules.weight.quantize_kwargs()))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longlive.quant.weight_cache import QuantizedWeightCache
 from longlive_quant_mxfp4 import mxfp4
 
 PACKED = ("weight_mx", "weight_scale_e8m0")
@@ -31,6 +32,7 @@ class MXFP4Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.quant_format = quant_format  # the QuantFormat that made it (cast, refresh, packed state)
         self.quantize_activations = quantize_activations
+        self._cache = QuantizedWeightCache()  # "dequantized" -> the packed weight in fp32, unpacked once
         self.bias = nn.Parameter(bias, requires_grad=bias.requires_grad) if bias is not None else None
         if weight is not None:  # training: the master weight stays
             self.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
@@ -69,12 +71,17 @@ class MXFP4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.materialized:
-            w = mxfp4.dequantize(self.weight_mx, self.weight_scale_e8m0)
+            w = self._cache.get("dequantized", self.weight_mx, lambda packed: mxfp4.dequantize(
+                packed, self.weight_scale_e8m0))
         else:
             w = straight_through(self.weight, mxfp4.fake_quantize(self.weight.detach())).float()
         xq = straight_through(x, mxfp4.fake_quantize(x.detach())) if self.quantize_activations else x
         y = torch.nn.functional.linear(xq.float(), w).to(x.dtype)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cache.clear()  # new packed weights: unpack them again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         act = "W4A4" if self.quantize_activations else "W4A16"

@@ -14,6 +14,7 @@ from longlive.model.dit import WanDiT
 from longlive.model.presets import dit_preset
 from longlive.quant.apply import quantize_model, select_path
 from longlive.quant.format import QuantFormat, cast_model, quantized_modules, refresh_model
+from longlive_plugins.quant_4o6 import backend
 from longlive_plugins.quant_4o6.format import FourOverSixFormat
 from longlive_plugins.quant_4o6.linear import NVFP4Linear
 from longlive_plugins.quant_4o6.plugin import Quant4o6Config
@@ -87,6 +88,10 @@ def test_quantized_weight_follows_optimizer_steps_and_refresh_drops_it():
     opt.step()
     after = layer.quantized_weight()
     assert after is not before and not torch.equal(after.values, before.values)  # re-derived after the step
+    x = torch.randn(16, 64)
+    with torch.no_grad():  # the fast forward's kept dequantized weight followed the step too
+        expected = backend.matmul(backend.quantize(x, rule="mse", path="emulate"), after, path="emulate") + layer.bias
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
     layer.refresh()
     assert not layer._cache
 

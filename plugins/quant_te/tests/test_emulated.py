@@ -163,6 +163,13 @@ def test_weights_are_cached_per_version_and_refresh_drops_them():
     cached = module.quantized_weight()
     module.refresh()
     assert module.quantized_weight() is not cached
+    x = torch.randn(8, module.in_features)
+    for _ in range(2):  # the kept block values follow the weight: the forward equals the uncached GEMM
+        expected = nvfp4.emulated_gemm(nvfp4.quantize(x, **module.rules.input.quantize_kwargs()),
+                                       module.quantized_weight(), torch.float32) + module.bias
+        assert torch.equal(module(x), expected)
+        with torch.no_grad():
+            module.weight.add_(0.5)
 
 
 def test_bf16_inputs_and_a_frozen_base():

@@ -95,8 +95,9 @@ def fake_quantize(x: torch.Tensor, *, rule: str) -> torch.Tensor:
     """dequantize(quantize(x)) in fp32 for a 2-D x [rows, cols], nearest rounding, 1x16 blocks.
 
     The same ops in the same order as fouroversix's reference (`quantize_to_nvfp4`,
-    `select_fouroversix`) and its dequantize (values * scales, then * amax / (V * S)); only the
-    zero padding beyond the last 16-element block, which changes no block, is left out.
+    `select_fouroversix`) and its dequantize (values * scales, then * amax / (V * S)); the zero
+    padding beyond the last 16-element block, which changes no block, is left out, and values
+    above 6 saturate (module docstring).
     """
     rows, cols = x.shape
     padded = F.pad(x, (0, -cols % BLOCK))  # [rows, cols_16]

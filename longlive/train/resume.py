@@ -2,7 +2,7 @@
 
 Every checkpoint holds the resolved experiment it was trained under (TOML text). A resume
 compares it with the current one: keys in RESUME_SAFE (when to stop, log, save, evaluate, where
-to write) may change; any other change (lr, seed, ema_decay, data, plugins, ...) would make the
+to write, DDP or FSDP2) may change; any other change (lr, seed, ema_decay, data, plugins, ...) would make the
 resumed run differ from an uninterrupted one, so it is an error naming the keys, unless the run
 was started with `--allow-changed-resume`; then both experiments are kept in the run directory
 (`experiment.toml` the new one, `experiment.step-<N>.toml` the one of steps 1..N).
@@ -19,6 +19,10 @@ RESUME_SAFE = frozenset({
     "run.name", "run.output_dir", "train.steps", "train.max_seconds", "train.log_every", "train.save_every",
     "train.keep_previous", "train.eval_every", "train.eval_frames", "train.eval_data", "train.export",
     "train.max_bad_samples",
+    # how the same math is spread over the processes (replicated or sharded; the checkpoint format is
+    # the same): changes only the summation order of the gradient reduction (train.fsdp_param_dtype,
+    # which changes the compute dtype, is not safe)
+    "train.data_parallel", "train.fsdp_shard",
 })
 
 

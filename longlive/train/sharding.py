@@ -138,9 +138,12 @@ def shard_like(full: torch.Tensor, like: Any) -> Any:
     `like` is a plain tensor); shapes must agree (checked by the callers' loaders)."""
     if not is_sharded(like):
         return full
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
-    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    cut = distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    # the cut is a view of `full`'s device copy: clone it, so the whole tensor is freed right away
+    return DTensor.from_local(cut.to_local().clone(), like.device_mesh, like.placements, run_check=False,
+                              shape=cut.shape, stride=cut.stride())
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,10 +2,10 @@
 
 Every checkpoint holds the resolved experiment it was trained under (TOML text). A resume
 compares it with the current one: keys in RESUME_SAFE (when to stop, log, save, evaluate, where
-to write, DDP or FSDP2) may change; any other change (lr, seed, ema_decay, data, plugins, ...) would make the
-resumed run differ from an uninterrupted one, so it is an error naming the keys, unless the run
-was started with `--allow-changed-resume`; then both experiments are kept in the run directory
-(`experiment.toml` the new one, `experiment.step-<N>.toml` the one of steps 1..N).
+to write, DDP or FSDP2) may change; any other change (lr, seed, ema_decay, data, plugins, ...)
+would make the resumed run differ from an uninterrupted one, so it is an error naming the keys,
+unless the run was started with `--allow-changed-resume`; then both experiments are kept in the
+run directory (`experiment.toml` the new one, `experiment.step-<N>.toml` the one of steps 1..N).
 """
 from __future__ import annotations
 

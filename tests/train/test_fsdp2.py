@@ -154,6 +154,19 @@ def test_fsdp2_bf16_parameters(runs, toy_shards, tmp_path):
     assert all(v.dtype == torch.float32 for v in bf16["weights"]["model"].values())  # fp32 master weights
 
 
+def test_fsdp2_divergence_on_one_rank_stops_every_rank(toy_shards, tmp_path):
+    """A NaN in one rank's shard only: every rank raises at the next save (the verdict is summed over ranks),
+    none hangs in the gather, and last.pt stays the step before."""
+    out = tmp_path / "nan.json"
+    _torchrun([str(HERE / "ddp_worker.py"), toy_shards, str(out), str(PER_RANK), str(ACCUM), "4",
+               f"run_dir={tmp_path / 'run'}", "nan_at=2", FSDP2])
+    for rank in (0, 1):
+        message = Path(f"{out}.rank{rank}.err").read_text()
+        assert message.startswith("training diverged by step 2:"), message
+    assert "tensor shards on other ranks" in Path(f"{out}.rank0.err").read_text()  # rank 0's own shards are finite
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+
+
 # ---- configuration -----------------------------------------------------------------------------------
 
 

@@ -68,6 +68,15 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+def _assert_close_runs(run: dict, reference: dict) -> None:
+    """Losses within 1e-5 relative, whole weights and EMA within 1e-5."""
+    assert len(run["losses"]) == len(reference["losses"])
+    for a, b in zip(run["losses"], reference["losses"]):
+        assert abs(a - b) <= 1e-5 * abs(b), (run["losses"], reference["losses"])
+    for part in ("model", "ema"):
+        assert _max_diff(run["weights"][part], reference["weights"][part]) <= 1e-5, part
+
+
 def _same_format(a, b, path: str = "") -> float:
     """Assert `a` and `b` have the same nested structure, tensor shapes and dtypes; their max tensor difference."""
     if isinstance(a, torch.Tensor):
@@ -89,10 +98,7 @@ def test_fsdp2_trainer_equals_ddp(runs):
     ddp, fsdp2 = r["ddp"], r["fsdp2"]
     assert fsdp2["sharded"] and not ddp["sharded"] and fsdp2["max_param_diff"] == 0.0
     assert len(fsdp2["losses"]) == STEPS
-    for a, b in zip(fsdp2["losses"], ddp["losses"]):
-        assert abs(a - b) <= 1e-5 * abs(b), (fsdp2["losses"], ddp["losses"])
-    assert _max_diff(fsdp2["weights"]["model"], ddp["weights"]["model"]) <= 1e-5
-    assert _max_diff(fsdp2["weights"]["ema"], ddp["weights"]["ema"]) <= 1e-5
+    _assert_close_runs(fsdp2, ddp)
     a = torch.load(directory / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(directory / "fsdp2" / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "ema"} <= a.keys() and a.keys() == b.keys()
@@ -118,9 +124,7 @@ def test_fsdp2_resume_is_bit_identical_and_resumes_under_ddp(runs, toy_shards, t
         assert all(torch.equal(v, r["fsdp2"]["weights"][part][k]) for k, v in rest["weights"][part].items()), part
     cross = _train(toy_shards, tmp_path, "ddp_from_fsdp2", STEPS, run_dir=tmp_path / "cross")
     assert not cross["sharded"] and cross["steps_run"] == 2
-    for a, b in zip(cross["losses"], r["fsdp2"]["losses"]):
-        assert abs(a - b) <= 1e-5 * abs(b), (cross["losses"], r["fsdp2"]["losses"])
-    assert _max_diff(cross["weights"]["model"], r["fsdp2"]["weights"]["model"]) <= 1e-5
+    _assert_close_runs(cross, r["fsdp2"])
 
 
 def test_fsdp2_lora_equals_ddp_through_a_resume(toy_shards, tmp_path):
@@ -131,10 +135,7 @@ def test_fsdp2_lora_equals_ddp_through_a_resume(toy_shards, tmp_path):
     _train(toy_shards, tmp_path, "first", 2, lora, FSDP2, run_dir=tmp_path / "fsdp2")
     fsdp2 = _train(toy_shards, tmp_path, "rest", 3, lora, FSDP2, run_dir=tmp_path / "fsdp2")
     assert fsdp2["sharded"] and fsdp2["steps_run"] == 1
-    for a, b in zip(fsdp2["losses"], ddp["losses"]):
-        assert abs(a - b) <= 1e-5 * abs(b), (fsdp2["losses"], ddp["losses"])
-    assert _max_diff(fsdp2["weights"]["model"], ddp["weights"]["model"]) <= 1e-5
-    assert _max_diff(fsdp2["weights"]["ema"], ddp["weights"]["ema"]) <= 1e-5
+    _assert_close_runs(fsdp2, ddp)
     a = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "fsdp2" / "checkpoints" / "last.pt", weights_only=True)
     assert all(".lora_" in k for k in b["model"]) and len(b["model"]) == len(b["ema"]["shadow"])

@@ -6,6 +6,8 @@ to write, DDP or FSDP2) may change; any other change (lr, seed, ema_decay, data,
 would make the resumed run differ from an uninterrupted one, so it is an error naming the keys,
 unless the run was started with `--allow-changed-resume`; then both experiments are kept in the
 run directory (`experiment.toml` the new one, `experiment.step-<N>.toml` the one of steps 1..N).
+A [train] key the saved experiment lacks (a checkpoint written before the key existed) is no change
+while the current value is the key's default (new keys default to the behaviour before them).
 """
 from __future__ import annotations
 
@@ -41,8 +43,20 @@ def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 def breaking_changes(saved_toml: str, current: dict) -> list[tuple[str, Any, Any]]:
     """[(key, saved value, current value)] of the changes that break exact resume (None: absent)."""
     old, new = flatten(tomllib.loads(saved_toml)), flatten(current)
+    added = _train_defaults()
     return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-            if k not in RESUME_SAFE and old.get(k) != new.get(k)]
+            if k not in RESUME_SAFE and old.get(k) != new.get(k)
+            and not (k not in old and k in added and new.get(k) == added[k])]
+
+
+def _train_defaults() -> dict[str, Any]:
+    """{"train.<key>": default} of TrainConfig's plain (str, number, bool) defaults."""
+    import attrs
+
+    from longlive.train.config import TrainConfig
+
+    return {f"train.{f.name}": f.default for f in attrs.fields(TrainConfig)
+            if isinstance(f.default, (str, int, float, bool))}
 
 
 def describe(changes: list[tuple[str, Any, Any]], limit: int = 6) -> str:

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("teacher_forcing", "bidirectional")
 TIME_WEIGHTINGS = ("gaussian", "uniform")
+DATA_PARALLEL = ("ddp", "fsdp2")
+FSDP_PARAM_DTYPES = ("auto", "fp32", "bf16")
+FSDP_SHARDS = ("world", "dp")
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +94,16 @@ class TrainConfig:
     # max_chunks_per_shot); 0: only the data's own cuts ("cut_frames")
     max_chunks_per_shot: int = attrs.field(default=0, validator=in_range(0, 1_000_000))
     error_recycling: ErrorRecyclingConfig = attrs.field(factory=ErrorRecyclingConfig)
+    # How the processes of a torchrun launch hold the trained DiT (docs/parallel.md, "FSDP2"): "ddp"
+    # replicates weights, gradients and AdamW state on every rank (small models); "fsdp2" shards them
+    # (torch fully_shard, longlive/train/sharding.py). One process: nothing is wrapped either way.
+    data_parallel: str = attrs.field(default="ddp", validator=one_of(DATA_PARALLEL))
+    # fsdp2: the dtype parameters are all-gathered and computed in (gradients are reduced in fp32, the
+    # sharded master weights stay fp32); "auto": bf16 on CUDA when run.dtype is bf16, else fp32.
+    fsdp_param_dtype: str = attrs.field(default="auto", validator=one_of(FSDP_PARAM_DTYPES))
+    # fsdp2: "world" shards over every process (dp x sp); "dp" shards over the dp ranks and replicates
+    # over each SP group (HSDP). Equal when parallel.sp = 1.
+    fsdp_shard: str = attrs.field(default="world", validator=one_of(FSDP_SHARDS))
     # EMA weights written to the run directory at the end (a file name, not a path).
     export: str = attrs.field(default="model.safetensors", validator=file_name())
 
@@ -99,6 +112,12 @@ class TrainConfig:
             raise ConfigError(f"train.betas: {list(self.betas)} must be two numbers in [0, 1), e.g. [0.0, 0.999]")
         if not self.export.endswith(".safetensors"):
             raise ConfigError(f"train.export: {self.export!r} must be a .safetensors file name")
+        if self.data_parallel != "fsdp2":
+            for key, default in (("fsdp_param_dtype", "auto"), ("fsdp_shard", "world")):
+                if getattr(self, key) != default:
+                    raise ConfigError(f"train.{key}: {getattr(self, key)!r} applies to train.data_parallel = "
+                                      f"\"fsdp2\" only (it is {self.data_parallel!r}); set data_parallel = "
+                                      f"\"fsdp2\" or remove {key}")
 
     def check(self, frames_per_chunk: int) -> None:
         """Cross-table checks against [sampler] (before anything is built)."""

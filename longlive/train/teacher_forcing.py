@@ -7,6 +7,12 @@ One optimizer step = `grad_accum` micro-steps, each taking one global batch from
 on the last micro-step only); then clip, warmed-up LR, AdamW step, refresh of quantized copies,
 `longlive_optimizer_step_done`, EMA update.
 
+Data parallelism under torchrun (`train.data_parallel`): "ddp" wraps the network in DDP (through
+`_EntryPoints`, so its gradient hooks see `forward_teacher` calls); "fsdp2" shards it
+(longlive/train/sharding.py) and calls it directly: its entry points are FSDP forward methods, and
+the gradients are reduce-scattered after every micro-step (accumulated in the sharded gradients, so
+no whole gradient is ever held). Both average the gradients over all dp x sp ranks.
+
 I2V (train.i2v_probability > 0): the batches carry "clean_frames" (longlive/train/data.py) and the
 objective gives frame 0 of the I2V samples clean, without loss. Error recycling
 ([train.error_recycling] enabled): the algorithm owns the ErrorBuffers
@@ -78,7 +84,7 @@ class TeacherForcing:
         self.objective = run.hook.longlive_make_objective(run=run)
         self.ddp = None
         self.entry: Any = self.network.model
-        if context.info.distributed:
+        if context.info.distributed and not self.network.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [run.device] if run.device.type == "cuda" else None

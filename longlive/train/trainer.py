@@ -17,6 +17,8 @@ directory that already holds one resumes from it, and the resumed run reproduces
 uninterrupted one exactly. Parameters train in fp32; on CUDA with run.dtype bf16 the forward
 runs under bf16 autocast. At the end the algorithm exports its result to
 `<run_dir>/<train.export>` (teacher forcing: the EMA weights, safetensors in run.dtype).
+Every rank takes part in a save and in the export (a network sharded by FSDP2 gathers its
+tensors to rank 0); rank 0 writes, in the same format under DDP and FSDP2.
 
 Divergence: before every save and before the export, every rank checks that every network's
 weights, optimizer state and EMA are finite; if not, the run stops with an error and writes
@@ -194,15 +196,22 @@ class Trainer:
 
         return dumps_toml(experiment_to_table(self.run.experiment, self.run.plugin_configs, self.config))
 
-    def state_dict(self, rng: list[dict]) -> dict:
-        return {"step": self.step, "experiment": self.experiment_toml(), **self.algorithm.state_dict(),
+    def state_dict(self, algorithm: dict, rng: list[dict]) -> dict:
+        """The checkpoint: the algorithm's state (`algorithm.state_dict()`), the loop's, every rank's RNGs."""
+        return {"step": self.step, "experiment": self.experiment_toml(), **algorithm,
                 "data": self.stream.state_dict(), "rng": rng,
                 "mode": self.algorithm.name, "history": [list(h) for h in self.history],
                 "bad_samples": sorted(self.dataset.bad)}
 
     def check_finite(self) -> None:
-        """Raise when the weights, optimizer state or EMA hold NaN/inf (every rank: the state is replicated)."""
+        """Raise when the weights, optimizer state or EMA hold NaN/inf, on every rank alike (each checks
+        its own tensors, the count is summed: FSDP2 ranks hold different shards)."""
         bad = nonfinite_tensors({name: net.finite_state() for name, net in self.algorithm.networks.items()})
+        if self.info.distributed:
+            count = torch.tensor(float(len(bad)), device=self.run.device)
+            torch.distributed.all_reduce(count)
+            if count.item() and not bad:
+                bad = [f"{int(count.item())} tensor shards on other ranks"]
         if not bad:
             return
         kept = (f"the last good checkpoint (step {self.saved_step}) stays in {self.checkpoints / 'last.pt'}"
@@ -216,8 +225,9 @@ class Trainer:
             return
         self.check_finite()
         rng = all_gather_objects(self.info, rng_state())  # a collective: every rank takes part
+        algorithm = self.algorithm.state_dict()  # every rank: sharded networks gather to rank 0
         if self.info.is_main:
-            save_checkpoint(self.state_dict(rng), self.checkpoints, keep_previous=self.config.keep_previous)
+            save_checkpoint(self.state_dict(algorithm, rng), self.checkpoints, keep_previous=self.config.keep_previous)
         self.saved_step = self.step
         barrier(self.info)
 
@@ -276,7 +286,7 @@ class Trainer:
         export = self.run.output_path(self.config.export)
         if export is not None:
             self.check_finite()
-        if export is not None and self.info.is_main:
+        if export is not None:  # every rank (sharded networks gather); rank 0 writes
             self.algorithm.export(export, self.step)
         barrier(self.info)
         loss = self.history[-1][1] if self.history else math.nan

@@ -75,7 +75,12 @@ class DMD:
         from longlive.structure import structure
         from longlive.train.config import TrainConfig
 
-        frames = structure(experiment.train, TrainConfig, where="train").num_frames
+        train = structure(experiment.train, TrainConfig, where="train")
+        if train.data_parallel != "ddp":
+            raise ConfigError(f"train.data_parallel = {train.data_parallel!r} with plugins.dmd: DMD's three networks "
+                              f"are not sharded yet (its rollouts run the generator outside FSDP); set "
+                              f"train.data_parallel = \"ddp\"")
+        frames = train.num_frames
         loss_frames = self.config.loss_frames
         if loss_frames is not None and (loss_frames % s.frames_per_chunk or loss_frames > frames):
             raise ConfigError(f"plugins.dmd.loss_frames: {loss_frames} must be a multiple of "

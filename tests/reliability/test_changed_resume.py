@@ -39,3 +39,17 @@ def test_changed_resume_is_refused_unless_allowed(toy_shards, tmp_path, capsys):
     assert _record(run_dir / "experiment.step-6.toml")["train"]["lr"] == 0.001
     assert _record(run_dir / "experiment.toml")["train"]["lr"] == 0.002
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+
+
+def test_a_train_key_added_after_the_checkpoint_is_no_change_at_its_default():
+    """A checkpoint written before train.fsdp_param_dtype existed resumes when the key holds its default;
+    any other value, or a key outside [train] that is absent, is still a change."""
+    from longlive.train.resume import breaking_changes
+
+    saved = 'run.seed = 3\n[train]\nlr = 0.001\n'
+    current = {"run": {"seed": 3}, "train": {"lr": 0.001, "fsdp_param_dtype": "auto", "data_parallel": "fsdp2"}}
+    assert breaking_changes(saved, current) == []  # data_parallel: resume-safe; fsdp_param_dtype: its default
+    current["train"]["fsdp_param_dtype"] = "bf16"
+    assert breaking_changes(saved, current) == [("train.fsdp_param_dtype", None, "bf16")]
+    assert breaking_changes(saved, {"run": {"seed": 3, "threads": 1}, "train": {"lr": 0.001}}) == [
+        ("run.threads", None, 1)]

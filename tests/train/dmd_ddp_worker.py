@@ -15,7 +15,7 @@ from toy_setup import dmd_table, make_toy_run
 
 
 def main(shards: str, start: str, out: str, steps: int) -> None:
-    from longlive.distributed import init_distributed, shutdown
+    from longlive.distributed import close_mesh, init_distributed, shutdown
     from longlive.train.config import train_config
     from longlive.train.trainer import Trainer
 
@@ -36,6 +36,7 @@ def main(shards: str, start: str, out: str, steps: int) -> None:
                            "params": flat.tolist()}, f)
     finally:
         shutdown(info)
+        close_mesh(run.mesh)  # make_run joined the process group: leaving it open can abort the exit (gloo)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main(out: str, sp: int, lora: bool = False) -> None:
         make = lambda lay: FlowMatchingObjective(mode="teacher_forcing", frames_per_chunk=FPC, shift=5.0,  # noqa: E731
                                                  weighting="uniform", layout=lay)
         ref, sharded = _model(lora), _model(lora)
-        shard_dit(sharded, mesh)
+        shard_dit(sharded, mesh, shard="dp")  # HSDP when SP > 1 (the trainer tests shard over the world)
         # eps 1e-6: AdamW on gradients ~1e-8 would magnify their 1e-9 summation-order differences
         opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, eps=1e-6)
                 for m in (ref, sharded)]

@@ -39,6 +39,7 @@ def _stats(values: list) -> tuple[float, float, int]:
 def _cell(mean: float, err: float, digits: int = 3) -> str:
     if math.isnan(mean):
         return "-"
+    mean = 0.0 if round(mean, digits) == 0 else mean  # no "-0.000"
     return f"{mean:.{digits}f}" if math.isnan(err) else f"{mean:.{digits}f} ± {err:.{digits}f}"
 
 

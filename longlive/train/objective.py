@@ -171,11 +171,12 @@ class FlowMatchingObjective:
         if recycling is not None:
             recycling.record(pred, target, sigma, clean)
         if clean is None:
-            loss = (mse * weight).mean()
+            loss, mse_mean = (mse * weight).mean(), mse.detach().mean()
         else:
             keep = (~clean).float()  # per-sample means, so the loss does not depend on how samples meet on ranks
             loss = ((mse * weight * keep).sum(1) / keep.sum(1).clamp(min=1.0)).mean()
-        metrics = {"loss": loss.detach(), "mse": mse.detach().mean(), "sigma": sigma.mean()}
+            mse_mean = ((mse.detach() * keep).sum(1) / keep.sum(1).clamp(min=1.0)).mean()  # the logged MSE skips them too
+        metrics = {"loss": loss.detach(), "mse": mse_mean, "sigma": sigma.mean()}
         return loss, metrics
 
     def _sequence_parallel_loss(self, model: Any, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,

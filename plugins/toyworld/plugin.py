@@ -56,6 +56,10 @@ class ToyWorldConfig:
     # The `toy_eval` task: ToyBench on held-out prompts (clip length = sampler.num_frames).
     eval_clips: int = attrs.field(default=16, validator=in_range(1, MAX_COUNT))
     eval_shots: int = attrs.field(default=1, validator=in_range(1, 8))
+    # I2V held-out ToyBench: condition each clip on its own ground-truth first frame, and score
+    # whether opening frames 1..eval_i2v_frames keep its object (colour, shape, position; first_frame.py).
+    eval_i2v: bool = False
+    eval_i2v_frames: int = attrs.field(default=8, validator=in_range(1, MAX_FRAMES))
 
     def __attrs_post_init__(self) -> None:
         if not self.data_dir.strip() or Path(self.data_dir).expanduser().resolve() == Path("/"):

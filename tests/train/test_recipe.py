@@ -39,7 +39,7 @@ def test_i2v_frame0_is_clean_in_both_streams_and_gets_no_gradient():
     batch = _batch()
     batch["clean_frames"] = torch.tensor([[True, False, False, False], [False, False, False, False]])
     model = _Recorder()
-    loss, _ = objective(model, batch, torch.Generator())
+    loss, metrics = objective(model, batch, torch.Generator())
     loss.backward()
     x0 = batch["latents"]
     assert torch.equal(model.clean, x0)
@@ -48,6 +48,15 @@ def test_i2v_frame0_is_clean_in_both_streams_and_gets_no_gradient():
     grad = model.pred.grad
     assert torch.isfinite(loss) and grad[0, :, 0].abs().max() == 0  # frame 0 of the I2V sample: no loss
     assert grad[0, :, 1:].abs().min() > 0 and grad[1].abs().min() > 0
+    # The logged MSE skips the image frame too: a huge error there changes neither loss nor MSE.
+    class Off(_Recorder):
+        def forward_teacher(self, clean, noisy, t, context, *, frames_per_block):
+            pred = super().forward_teacher(clean, noisy, t, context, frames_per_block=frames_per_block).detach().clone()
+            pred[0, :, 0] += 1e3
+            return pred
+
+    loss_off, metrics_off = objective(Off(), batch, torch.Generator())
+    assert torch.equal(loss_off, loss.detach()) and torch.equal(metrics_off["mse"], metrics["mse"])
 
 
 def test_toy_clips_name_their_image_frame(toy_shards):

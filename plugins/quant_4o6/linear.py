@@ -5,7 +5,8 @@ quantized on every call (`activation_scale_rule`, round-to-nearest); the GEMM ac
 fp32 (backend.py); the bias is added in high precision. The emulated path multiplies
 `backend.fake_quantize(x)` by the dequantized weight, kept in fp32 until the weight changes
 (4 bytes per weight element on top of the packed ones): the same numbers as quantizing x and
-calling the emulated GEMM (backend.py), at about a quarter of the cost.
+calling the emulated GEMM, at about a quarter of the cost (backend.py: it saturates where
+fouroversix's reference encoder wraps).
 
 Inference: the weight is quantized once, at conversion, into LongLive's materialized buffers
 `quantized_weight_values` (uint8 [out_p, in_p/2]), `quantized_weight_scale_factors`

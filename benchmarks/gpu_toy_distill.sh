@@ -4,6 +4,7 @@
 # $OUT (the tool returns at most 8 files):
 #   bash benchmarks/gpu_toy_distill.sh dmd4     DMD 4-step LoRA student (train.max_seconds=480)  -> runs/toy_dmd_4step
 #   bash benchmarks/gpu_toy_distill.sh dmd2     DMD 2-step LoRA student (train.max_seconds=480)  -> runs/toy_dmd_2step
+#   bash benchmarks/gpu_toy_distill.sh dmd      both students side by side on the one GPU (train.max_seconds=360 each)
 #   bash benchmarks/gpu_toy_distill.sh eval     held-out ToyBench of the undistilled model at 8/4/2 steps and
 #                                               of the students (benchmarks/dmd_toy_eval.py, 32 clips of 10 s)
 #   bash benchmarks/gpu_toy_distill.sh nvfp4    NVFP4 teacher-forcing fine-tune (emulated W4A4, mse) and its
@@ -14,7 +15,7 @@
 # smoke runs: docs/dmd.md (4. toy world), docs/quantization.md (Measurements). Needs .whl/ carried
 # (webdataset, braceexpand, setuptools, fouroversix built with SKIP_CUDA_BUILD=1; benchmarks/README.md).
 set -uo pipefail
-part=${1:?usage: gpu_toy_distill.sh dmd4|dmd2|eval|nvfp4}
+part=${1:?usage: gpu_toy_distill.sh dmd4|dmd2|dmd|eval|nvfp4}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 FINAL=${OUT:-/tmp/longlive_distill}
 mkdir -p "$FINAL"
@@ -49,6 +50,10 @@ evaluate() {  # $1 name, $2 experiment, then --set overrides
 case $part in
   dmd4) train toy_dmd_4step experiments/toy/train_dmd_4step.toml --set train.max_seconds=480 ;;
   dmd2) train toy_dmd_2step experiments/toy/train_dmd_2step.toml --set train.max_seconds=480 ;;
+  dmd)
+    train toy_dmd_4step experiments/toy/train_dmd_4step.toml --set train.max_seconds=360 &
+    train toy_dmd_2step experiments/toy/train_dmd_2step.toml --set train.max_seconds=360 &
+    wait ;;
   eval)
     python3 benchmarks/dmd_toy_eval.py --device cuda --clips 32 --frames 80 \
       --student 4=runs/toy_dmd_4step/student_lora.safetensors \
@@ -66,6 +71,6 @@ case $part in
     evaluate w4a4_mse experiments/toy/eval_ar_w4a4_mse.toml &
     evaluate bf16 experiments/toy/eval_ar.toml &
     wait ;;
-  *) echo "unknown part $part; use dmd4, dmd2, eval or nvfp4" >&2; exit 2 ;;
+  *) echo "unknown part $part; use dmd4, dmd2, dmd, eval or nvfp4" >&2; exit 2 ;;
 esac
 echo "total ${SECONDS} s" | tee -a "$OUT/summary.txt"

@@ -4,7 +4,7 @@
 # $OUT (the tool returns at most 8 files):
 #   bash benchmarks/gpu_toy_distill.sh dmd4     DMD 4-step LoRA student (train.max_seconds=480)  -> runs/toy_dmd_4step
 #   bash benchmarks/gpu_toy_distill.sh dmd2     DMD 2-step LoRA student (train.max_seconds=480)  -> runs/toy_dmd_2step
-#   bash benchmarks/gpu_toy_distill.sh dmd      both students side by side on the one GPU (train.max_seconds=360 each)
+#   bash benchmarks/gpu_toy_distill.sh dmd [S]  both students side by side on the one GPU (train.max_seconds=S, default 360)
 #   bash benchmarks/gpu_toy_distill.sh eval     held-out ToyBench of the undistilled model at 8/4/2 steps and
 #                                               of the students (benchmarks/dmd_toy_eval.py, 32 clips of 10 s)
 #   bash benchmarks/gpu_toy_distill.sh nvfp4    NVFP4 teacher-forcing fine-tune (emulated W4A4, mse) and its
@@ -51,8 +51,8 @@ case $part in
   dmd4) train toy_dmd_4step experiments/toy/train_dmd_4step.toml --set train.max_seconds=480 ;;
   dmd2) train toy_dmd_2step experiments/toy/train_dmd_2step.toml --set train.max_seconds=480 ;;
   dmd)
-    train toy_dmd_4step experiments/toy/train_dmd_4step.toml --set train.max_seconds=360 &
-    train toy_dmd_2step experiments/toy/train_dmd_2step.toml --set train.max_seconds=360 &
+    train toy_dmd_4step experiments/toy/train_dmd_4step.toml --set train.max_seconds="${2:-360}" &
+    train toy_dmd_2step experiments/toy/train_dmd_2step.toml --set train.max_seconds="${2:-360}" &
     wait ;;
   eval)
     python3 benchmarks/dmd_toy_eval.py --device cuda --clips 32 --frames 80 \
